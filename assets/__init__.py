@@ -1,0 +1,1 @@
+"""Dagster assets and asset checks: thin wiring over hawkeye_dagster analyses."""

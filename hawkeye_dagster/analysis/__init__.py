@@ -1,0 +1,1 @@
+"""Dagster-free analyses over contract tables (pandas / numpy / torch)."""

@@ -1,0 +1,1 @@
+"""Reading, validating and writing telemetry lakes (Parquet or SQL)."""

@@ -1,0 +1,1 @@
+"""Simulated ML worlds with real incidents: the demo, test and accuracy-benchmark data."""

@@ -1,0 +1,1 @@
+"""Dagster sensors: cheap, cursor-based watchers that launch diagnostics runs."""
