@@ -1,0 +1,124 @@
+"""The ``hawkeye-dagster`` command.
+
+Exit statuses follow the contract: 0 on success, 2 for bad input (with a
+one-line reason on stderr naming the table, file or column), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from hawkeye_dagster.errors import ContractError, HawkeyeError, UnknownIdError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _progress(message: str) -> None:
+    print(f"[hawkeye {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--lake", help="telemetry lake: a folder or fsspec URL of Parquet tables")
+    group.add_argument("--sql", metavar="URL", help="telemetry in a SQL database (SQLAlchemy URL)")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from hawkeye_dagster.simulate import simulate
+
+    truth = simulate(args.out, scenario=args.scenario, seed=args.seed, scale=args.scale,
+                     progress=_progress)
+    names = ", ".join(i["name"] for i in truth["incidents"])
+    _progress(f"wrote {args.out} (incidents: {names}); ground truth in {args.out}.truth.json")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from hawkeye_dagster.lake.open import open_lake
+    from hawkeye_dagster.lake.validate import validate_lake
+
+    reader = open_lake(lake=args.lake, sql_url=args.sql)
+    problems = validate_lake(reader, check_artifacts=not args.skip_artifacts)
+    for problem in problems:
+        print(str(problem), file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
+    print(f"{reader.location}: conforms to the contract", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_triage(args: argparse.Namespace) -> int:
+    from hawkeye_dagster.triage.command import triage_command
+
+    return triage_command(args, progress=_progress)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hawkeye_dagster.demo import run_demo
+
+    return run_demo(headless=args.headless, progress=_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hawkeye-dagster",
+        description="Root-cause analysis of production ML incidents, on Dagster.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from hawkeye_dagster.simulate import SCALES, SCENARIOS
+
+    sim = sub.add_parser("simulate", help="write a simulated telemetry lake with known incidents")
+    sim.add_argument("--out", required=True, help="folder to write the lake to")
+    sim.add_argument("--scenario", default="demo", choices=SCENARIOS)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--scale", default="small", choices=SCALES)
+    sim.set_defaults(run=_cmd_simulate)
+
+    val = sub.add_parser("validate", help="check a lake against the telemetry contract")
+    _add_source(val)
+    val.add_argument("--skip-artifacts", action="store_true",
+                     help="do not open snapshot artifacts (faster)")
+    val.set_defaults(run=_cmd_validate)
+
+    tri = sub.add_parser("triage", help="run the triage decision tree and print the report")
+    _add_source(tri)
+    tri.add_argument("--start", help="window start (ISO timestamp, UTC if naive)")
+    tri.add_argument("--end", help="window end (ISO timestamp, UTC if naive)")
+    tri.add_argument("--product", help="entry: a top-line anomaly in this product")
+    tri.add_argument("--segment", help="with --product: the segment")
+    tri.add_argument("--snapshot", help="entry: diagnose this newly published snapshot")
+    tri.add_argument("--feature", help="entry: a feature health alert on this feature")
+    tri.add_argument("--json", action="store_true", help="print the report as JSON")
+    tri.set_defaults(run=_cmd_triage)
+
+    demo = sub.add_parser("demo", help="generate the demo lake (once) and start Dagster on it")
+    demo.add_argument("--headless", action="store_true",
+                      help="run the diagnostics without the UI and print what they found")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "segment", None) and not getattr(args, "product", None):
+        parser.error("--segment needs --product")
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except (ContractError, UnknownIdError) as err:
+        print(f"hawkeye-dagster: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except HawkeyeError as err:
+        print(f"hawkeye-dagster: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Dagster resources: where telemetry is read from and where the project's own outputs go.
+
+With no configuration, both point at the embedded demo (see :mod:`hawkeye_dagster.settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import PrivateAttr
+
+from hawkeye_dagster import settings
+from hawkeye_dagster.lake.reader import TelemetryReader
+
+
+class TelemetrySource(dg.ConfigurableResource):
+    """The telemetry lake: a Parquet lake path/URL or a SQLAlchemy URL (exactly one)."""
+
+    lake: str | None = None
+    sql_url: str | None = None
+
+    _reader: TelemetryReader | None = PrivateAttr(default=None)
+
+    def reader(self) -> TelemetryReader:
+        """The reader, opened once per resource instance."""
+        if self._reader is None:
+            from hawkeye_dagster.lake.open import open_lake
+
+            self._reader = open_lake(lake=self.lake, sql_url=self.sql_url)
+        return self._reader
+
+    @property
+    def location(self) -> str:
+        return self.lake or settings.redact_url(self.sql_url or "")
+
+
+class HawkeyeStorage(dg.ConfigurableResource):
+    """A folder for the project's own outputs (statistics, reports, plots, alerts).
+
+    Writes are atomic (temp file + rename) so a failed run never leaves a
+    half-written file that a later run or sensor would read.
+    """
+
+    root: str
+
+    @cached_property
+    def _root(self) -> Path:
+        return Path(self.root).expanduser()
+
+    def path(self, *parts: str) -> Path:
+        """The path of an output; its parent folders are created."""
+        target = self._root.joinpath(*(settings.safe_path_part(p) for p in parts))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def exists(self, *parts: str) -> bool:
+        return self.path(*parts).exists()
+
+    def write_bytes(self, data: bytes, *parts: str) -> Path:
+        target = self.path(*parts)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def write_parquet(self, frame: pd.DataFrame, *parts: str) -> Path:
+        import io
+
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        return self.write_bytes(buf.getvalue(), *parts)
+
+    def read_parquet(self, *parts: str) -> pd.DataFrame:
+        return pd.read_parquet(self.path(*parts))
+
+    def write_json(self, obj: Any, *parts: str) -> Path:
+        return self.write_bytes(json.dumps(obj, indent=2, default=str).encode(), *parts)
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.path(*parts).read_text())
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources bound from the environment (``HAWKEYE_LAKE`` / ``HAWKEYE_SQL_URL``)."""
+    source = settings.telemetry_source()
+    return {
+        "telemetry": TelemetrySource(lake=source.lake, sql_url=source.sql_url),
+        "storage": HawkeyeStorage(root=str(settings.storage_root())),
+    }
