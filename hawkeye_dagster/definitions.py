@@ -1,9 +1,13 @@
 """The one Dagster ``Definitions`` of hawkeye-dagster, loaded by ``workspace.yaml``.
 
 Each domain module (telemetry, features, lineage, snapshots, training, triage,
-mitigation) exposes its own ``defs``; here they are merged and bound to the
-resources that ``HAWKEYE_LAKE`` / ``HAWKEYE_SQL_URL`` select.
+mitigation) exposes its own ``defs``; here they are merged and bound to
+resources. ``defs`` uses the source that ``HAWKEYE_LAKE`` / ``HAWKEYE_SQL_URL``
+select; the CLI calls :func:`build_defs` with the lake it was given, so the
+command line and the UI run the very same assets.
 """
+
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -13,7 +17,13 @@ from hawkeye_dagster.sensors import models
 
 DOMAINS = [telemetry, models]
 
-defs = dg.Definitions.merge(
-    *(domain.defs for domain in DOMAINS),
-    dg.Definitions(resources=default_resources()),
-)
+
+def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+    """All domains merged, with ``resources`` (default: from the environment)."""
+    return dg.Definitions.merge(
+        *(domain.defs for domain in DOMAINS),
+        dg.Definitions(resources=dict(resources or default_resources())),
+    )
+
+
+defs = build_defs()
