@@ -10,11 +10,18 @@ UTC, and both push filters (time range, model, columns) down to the store.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from dataclasses import dataclass
+import functools
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from hawkeye_dagster.contract import TABLES, TableSpec
+from hawkeye_dagster.errors import ContractError
+from hawkeye_dagster.lake.conform import TIMESTAMP
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,46 @@ class TimeRange:
     def of(cls, start=None, end=None) -> "TimeRange":
         return cls(_utc(start), _utc(end))
 
+    def expression(self, column: str) -> pc.Expression | None:
+        """The Arrow filter ``start <= column < end`` (``None`` when unbounded both ways)."""
+        bounds = []
+        if self.start is not None:
+            bounds.append(pc.field(column) >= pa.scalar(self.start.as_unit("ns").value, TIMESTAMP))
+        if self.end is not None:
+            bounds.append(pc.field(column) < pa.scalar(self.end.as_unit("ns").value, TIMESTAMP))
+        return functools.reduce(operator.and_, bounds) if bounds else None
+
 
 def _utc(value) -> pd.Timestamp | None:
     if value is None:
         return None
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def table_spec(table: str) -> TableSpec:
+    """The contract's description of ``table`` (a name outside the contract is a ContractError)."""
+    if table not in TABLES:
+        raise ContractError("not a table of the contract", table=table)
+    return TABLES[table]
+
+
+@dataclass(frozen=True)
+class TablePart:
+    """One stored piece of a table: a Parquet file, or a whole SQL table.
+
+    What validation inspects piece by piece, so that a problem names its file.
+    """
+
+    table: str
+    #: the file path/URL (or SQL table) that errors name
+    location: str
+    #: stored column types (partition keys known from the location included); ``None`` if unreadable
+    schema: pa.Schema | None
+    #: partition key values known from the location (Hive ``key=value`` folders)
+    partition: Mapping[str, str | None] = field(default_factory=dict)
+    #: why the piece cannot be read (an empty or corrupt file), else ``None``
+    problem: str | None = None
 
 
 class TelemetryReader(abc.ABC):
@@ -61,13 +102,26 @@ class TelemetryReader(abc.ABC):
     ) -> pa.Table:
         """Read a table as Arrow with filters pushed down.
 
-        ``columns`` selects columns (``None``: all; for tables with feature
-        columns, the union over partitions), ``time_range`` filters the
-        table's time column, ``equals``/``isin`` filter columns (partition keys
-        included, which prunes partitions). Timestamps come back as UTC.
-        Raises :class:`~hawkeye_dagster.errors.ContractError` naming the
-        table, file and column when the data breaks the contract.
+        ``columns`` selects columns in that order (``None``: all, contract
+        columns first in contract order, then the others by name; for tables
+        with feature columns, the union over the partitions read),
+        ``time_range`` filters the table's time column, ``equals``/``isin``
+        filter columns (partition keys included, which prunes partitions).
+        Types are the contract's (:mod:`hawkeye_dagster.lake.conform`):
+        timestamps ``timestamp[ns, UTC]``, features float32. Row order is
+        unspecified. An absent optional table reads as empty. Raises
+        :class:`~hawkeye_dagster.errors.ContractError` naming the table, file
+        and column when the data breaks the contract.
         """
+
+    @abc.abstractmethod
+    def parts(self, table: str) -> list[TablePart]:
+        """The stored pieces of a table, from metadata only (file footers, SQL catalog)."""
+
+    @abc.abstractmethod
+    def read_part(self, part: TablePart, columns: Sequence[str] | None = None) -> pa.Table:
+        """One piece's columns (those it has), cast to the contract's types as :meth:`read_arrow`
+        casts them."""
 
     def read(self, table: str, **filters) -> pd.DataFrame:
         """:meth:`read_arrow` as a pandas frame (tz-aware UTC timestamps)."""

@@ -1,0 +1,303 @@
+"""A telemetry lake of Parquet datasets: one folder per table, Hive partition folders.
+
+Reads go through ``pyarrow.dataset`` with everything pushed down: partition
+folders are pruned while listing (``model_id=`` to one model, ``date=`` to the
+days a time range touches, any ``equals``/``isin`` on a partition key), row
+groups by their statistics, columns by projection. The read schema is the
+union over the files actually read, so per-model feature columns are all kept.
+
+Each file's footer is read once (files are never rewritten in place, so it is
+cached by path, size and mtime); its time-column statistics become a guarantee
+that lets a file wholly inside the time range skip the row filter.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import unquote
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from hawkeye_dagster.contract import TABLES, TableSpec
+from hawkeye_dagster.errors import ContractError
+from hawkeye_dagster.lake.conform import (
+    TIMESTAMP,
+    conform,
+    contract_schema,
+    unified_schema,
+)
+from hawkeye_dagster.lake.location import filesystem_for, is_url, open_input
+from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
+
+#: the partition key holding the UTC date of the time column (``serving_samples``)
+DATE_KEY = "date"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_FORMAT = ds.ParquetFileFormat()
+_NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+_INT64 = (-(2**63), 2**63 - 1)
+
+Partition = dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class _Footer:
+    schema: pa.Schema
+    #: (min, max) of the time column over the file in ns since the epoch, when statistics give it
+    time_bounds: tuple[int, int] | None
+
+
+class ParquetLake(TelemetryReader):
+    """A lake folder (local path or fsspec URL) of Parquet datasets, one per contract table."""
+
+    def __init__(self, root: str):
+        self._fs, self._root = filesystem_for(root)
+        #: what errors name: the URL as given, or the absolute local path
+        self.location = root.rstrip("/") if is_url(root) else self._root
+        if self._fs.get_file_info(self._root).type != pafs.FileType.Directory:
+            raise ContractError("lake folder not found", file=root)
+        self._footers: dict[tuple[str, int | None, int | None], _Footer] = {}
+
+    # -- listing -------------------------------------------------------------
+
+    def tables(self) -> set[str]:
+        infos = self._fs.get_file_info(pafs.FileSelector(self._root))
+        return {i.base_name for i in infos
+                if i.type == pafs.FileType.Directory and i.base_name in TABLES}
+
+    def _display(self, path: str) -> str:
+        return self.location + path[len(self._root):]
+
+    def _files(self, spec: TableSpec, equals: dict | None = None, isin: dict | None = None,
+               time_range: TimeRange | None = None) -> list[tuple[pafs.FileInfo, Partition]]:
+        """The table's ``*.parquet`` files under the partition folders the filters keep."""
+        wanted: dict[str, set[str]] = {}
+        for key, values in [*((k, [v]) for k, v in (equals or {}).items()),
+                            *(isin or {}).items()]:
+            values = {str(v) for v in values}
+            wanted[key] = wanted[key] & values if key in wanted else values
+        by_date = time_range if DATE_KEY in spec.partition_keys else None
+
+        def keep(key: str, value: str | None) -> bool:
+            if key in wanted and value not in wanted[key]:
+                return False
+            return not (key == DATE_KEY and by_date and value and not _day_overlaps(value, by_date))
+
+        found = []
+        pending = [(f"{self._root}/{spec.name}", {})]
+        while pending:
+            folder, partition = pending.pop()
+            for info in self._fs.get_file_info(pafs.FileSelector(folder)):
+                name = info.base_name
+                if name.startswith((".", "_")):
+                    continue
+                if info.type == pafs.FileType.Directory:
+                    key, is_key, raw = name.partition("=")
+                    if not is_key:
+                        pending.append((info.path, partition))
+                        continue
+                    value = None if raw == HIVE_NULL else unquote(raw)
+                    if keep(key, value):
+                        pending.append((info.path, {**partition, key: value}))
+                elif info.type == pafs.FileType.File and name.endswith(".parquet"):
+                    found.append((info, partition))
+        return sorted(found, key=lambda item: item[0].path)
+
+    def _table_files(self, spec: TableSpec, **filters) -> list[tuple[pafs.FileInfo, Partition]]:
+        if self._fs.get_file_info(f"{self._root}/{spec.name}").type != pafs.FileType.Directory:
+            if spec.optional:
+                return []
+            raise ContractError("table missing from the lake", table=spec.name,
+                                file=f"{self.location}/{spec.name}")
+        return self._files(spec, **filters)
+
+    def _footer(self, spec: TableSpec, info: pafs.FileInfo) -> _Footer:
+        key = (info.path, info.size, info.mtime_ns)
+        if key not in self._footers:
+            self._footers[key] = self._read_footer(spec, info)
+        return self._footers[key]
+
+    def _read_footer(self, spec: TableSpec, info: pafs.FileInfo) -> _Footer:
+        where = {"table": spec.name, "file": self._display(info.path)}
+        if info.size == 0:
+            raise ContractError("empty file (0 bytes), not Parquet", **where)
+        try:
+            meta = pq.read_metadata(info.path, filesystem=self._fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise ContractError(f"not a readable Parquet file: {exc}", **where) from exc
+        schema = meta.schema.to_arrow_schema().remove_metadata()
+        return _Footer(schema, _time_bounds(meta, schema, spec.time_column))
+
+    @staticmethod
+    def _with_partition(schema: pa.Schema, partition: Partition) -> pa.Schema:
+        for key in partition:
+            if key not in schema.names:
+                schema = schema.append(pa.field(key, pa.string()))
+        return schema
+
+    # -- reading -------------------------------------------------------------
+
+    def read_arrow(self, table: str, *, columns: Sequence[str] | None = None,
+                   time_range: TimeRange | None = None, equals: dict | None = None,
+                   isin: dict | None = None) -> pa.Table:
+        spec = table_spec(table)
+        files = self._table_files(spec, equals=equals, isin=isin, time_range=time_range)
+        schema = self._read_schema(spec, files, columns)
+        filtered = [*(equals or {}), *(isin or {})]
+        names = list(columns) if columns is not None else schema.names
+        stored = set(schema.names)
+        missing = [c for c in [*names, *filtered] if c not in stored]
+        if missing:
+            raise ContractError("no such column in the files read", table=spec.name,
+                                file=f"{self.location}/{spec.name}", column=missing[0])
+        return self._scan(spec, files, schema, names,
+                          _row_filter(spec, schema, time_range, equals, isin))
+
+    def _read_schema(self, spec: TableSpec, files: list[tuple[pafs.FileInfo, Partition]],
+                     columns: Sequence[str] | None = None) -> pa.Schema:
+        """The union of the files' schemas (with no files, :func:`contract_schema`)."""
+        if not files:
+            return contract_schema(spec, columns or ())
+        return unified_schema(spec, [
+            (self._display(info.path), self._with_partition(self._footer(spec, info).schema, p))
+            for info, p in files])
+
+    def _scan(self, spec: TableSpec, files: list[tuple[pafs.FileInfo, Partition]],
+              schema: pa.Schema, names: list[str], row_filter: pc.Expression | None) -> pa.Table:
+        if not files:
+            return schema.empty_table().select(names)
+        guarantees = [_guarantee(spec, partition, self._footer(spec, info))
+                      for info, partition in files]
+        dataset = ds.FileSystemDataset.from_paths(
+            [info.path for info, _ in files], schema=schema, format=_FORMAT,
+            filesystem=self._fs, partitions=guarantees)
+        try:
+            return dataset.to_table(columns=names, filter=row_filter)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._locate(spec, files, names, exc) from exc
+
+    def _locate(self, spec: TableSpec, files, names: list[str], exc: Exception) -> ContractError:
+        """The file (and column) behind a failed scan: unreadable data, or a value that does
+        not fit its type."""
+        for info, _ in files:
+            location = self._display(info.path)
+            stored = set(self._footer(spec, info).schema.names)
+            try:
+                data = pq.read_table(info.path, columns=[n for n in names if n in stored],
+                                     filesystem=self._fs)
+            except (pa.ArrowException, OSError) as err:
+                return ContractError(f"not a readable Parquet file: {err}", table=spec.name,
+                                     file=location)
+            try:
+                conform(data, spec, location=location)
+            except ContractError as located:
+                return located
+        return ContractError(f"cannot read: {exc}", table=spec.name,
+                             file=f"{self.location}/{spec.name}")
+
+    def parts(self, table: str) -> list[TablePart]:
+        spec = table_spec(table)
+        found = []
+        for info, partition in self._table_files(spec):
+            location = self._display(info.path)
+            try:
+                schema = self._with_partition(self._footer(spec, info).schema, partition)
+            except ContractError as exc:
+                found.append(TablePart(table, location, None, partition, exc.reason))
+            else:
+                found.append(TablePart(table, location, schema, partition))
+        return found
+
+    def read_part(self, part: TablePart, columns: Sequence[str] | None = None) -> pa.Table:
+        spec = table_spec(part.table)
+        path = self._root + part.location[len(self.location):]
+        files = [(self._fs.get_file_info(path), dict(part.partition))]
+        schema = self._read_schema(spec, files)
+        names = [c for c in columns if c in schema.names] if columns is not None else schema.names
+        return self._scan(spec, files, schema, names, None)
+
+    def serving_columns(self, model_id: str) -> list[str]:
+        spec = TABLES["serving_samples"]
+        return self._read_schema(spec, self._table_files(spec, equals={"model_id": model_id})).names
+
+    # -- artifacts -----------------------------------------------------------
+
+    def resolve_artifact(self, artifact: str) -> str:
+        if is_url(artifact) or PurePosixPath(artifact).is_absolute():
+            return artifact
+        if ".." in PurePosixPath(artifact).parts:
+            raise ContractError("artifact path leaves the lake folder", table="snapshots",
+                                file=artifact, column="artifact")
+        return f"{self.location}/{artifact}"
+
+    def open_artifact(self, artifact: str):
+        return open_input(self.resolve_artifact(artifact))
+
+
+def _day_overlaps(day: str, time_range: TimeRange) -> bool:
+    """Whether the UTC day ``day`` (``YYYY-MM-DD``) meets ``time_range`` (unparsable: keep)."""
+    try:
+        start = pd.Timestamp(day, tz="UTC")
+    except ValueError:
+        return True
+    return ((time_range.end is None or start < time_range.end)
+            and (time_range.start is None or start + pd.Timedelta(days=1) > time_range.start))
+
+
+def _time_bounds(meta: pq.FileMetaData, schema: pa.Schema, column: str | None):
+    """(min, max) of a timestamp column in ns, if every row group has statistics of it."""
+    if column is None or column not in schema.names or meta.num_row_groups == 0:
+        return None
+    kind = schema.field(column).type
+    if not pa.types.is_timestamp(kind):
+        return None
+    leaf = next(j for j in range(meta.num_columns) if meta.schema.column(j).path == column)
+    lows, highs = [], []
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(leaf).statistics
+        if (stats is None or not stats.has_min_max or not stats.has_null_count
+                or stats.null_count or stats.physical_type != "INT64"):
+            return None
+        lows.append(stats.min_raw)
+        highs.append(stats.max_raw)
+    low, high = min(lows) * _NS_PER_UNIT[kind.unit], max(highs) * _NS_PER_UNIT[kind.unit]
+    return (low, high) if _INT64[0] <= low and high <= _INT64[1] else None
+
+
+def _guarantee(spec: TableSpec, partition: Partition, footer: _Footer) -> pc.Expression:
+    """What holds for every row of a file: its partition values and its time bounds."""
+    terms = [pc.field(k).is_null() if v is None else pc.field(k) == v
+             for k, v in partition.items()]
+    if footer.time_bounds is not None:
+        low, high = footer.time_bounds
+        terms += [pc.field(spec.time_column) >= pa.scalar(low, TIMESTAMP),
+                  pc.field(spec.time_column) <= pa.scalar(high, TIMESTAMP)]
+    return _all(terms) if terms else pc.scalar(True)
+
+
+def _row_filter(spec: TableSpec, schema: pa.Schema, time_range: TimeRange | None,
+                equals: dict | None, isin: dict | None) -> pc.Expression | None:
+    terms = [pc.field(k) == v for k, v in (equals or {}).items()]
+    for key, values in (isin or {}).items():
+        try:
+            terms.append(pc.field(key).isin(pa.array(list(values), schema.field(key).type)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ContractError(f"filter values do not fit the column: {exc}", table=spec.name,
+                                column=key) from exc
+    if time_range is not None and spec.time_column is not None:
+        bound = time_range.expression(spec.time_column)
+        if bound is not None:
+            terms.append(bound)
+    return _all(terms) if terms else None
+
+
+def _all(terms: list[pc.Expression]) -> pc.Expression:
+    return functools.reduce(operator.and_, terms)
