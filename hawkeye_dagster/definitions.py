@@ -11,18 +11,18 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from hawkeye_dagster.assets import telemetry
+from hawkeye_dagster.assets import lineage, mitigation, telemetry
 from hawkeye_dagster.resources import default_resources
-from hawkeye_dagster.sensors import models
+from hawkeye_dagster.sensors import feature_alerts, models
 
-DOMAINS = [telemetry, models]
+DOMAINS = [telemetry, models, lineage, feature_alerts, mitigation]
 
 
 def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
-    """All domains merged, with ``resources`` (default: from the environment)."""
+    """All domains merged; ``resources`` override those bound from the environment."""
     return dg.Definitions.merge(
         *(domain.defs for domain in DOMAINS),
-        dg.Definitions(resources=dict(resources or default_resources())),
+        dg.Definitions(resources={**default_resources(), **(resources or {})}),
     )
 
 

@@ -18,6 +18,9 @@ from pydantic import PrivateAttr
 
 from hawkeye_dagster import settings
 from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.mitigation.audit import AuditStore
+from hawkeye_dagster.mitigation.controls import AirflowControl, DagsterControl, PipelineControl
+from hawkeye_dagster.mitigation.planning import PausePolicy
 
 
 class TelemetrySource(dg.ConfigurableResource):
@@ -92,10 +95,60 @@ class HawkeyeStorage(dg.ConfigurableResource):
         return json.loads(self.path(*parts).read_text())
 
 
+class MitigationSettings(dg.ConfigurableResource):
+    """Where pipelines are paused, where pauses are recorded, and how boldly.
+
+    ``dagster_url``: the Dagster webserver whose schedules/sensors drive
+    ``dagster`` pipelines (e.g. ``http://localhost:3000``); ``airflow_url``
+    (+ basic-auth user/password) for ``airflow`` pipelines; without one, such
+    pauses are recorded for a person to carry out. ``audit_url``: SQLAlchemy
+    URL of the audit table (default: a SQLite file under storage).
+    """
+
+    dagster_url: str | None = None
+    airflow_url: str | None = None
+    airflow_username: str | None = None
+    airflow_password: str | None = None
+    audit_url: str | None = None
+    auto_pause: bool = False
+    min_confidence: float = 0.8
+    max_pipelines: int = 3
+
+    @classmethod
+    def from_env(cls) -> "MitigationSettings":
+        """From ``HAWKEYE_DAGSTER_URL``, ``HAWKEYE_AIRFLOW_URL`` (``_USERNAME``/``_PASSWORD``),
+        ``HAWKEYE_AUDIT_URL`` and ``HAWKEYE_AUTO_PAUSE`` (``1`` to allow automatic pausing)."""
+        env = os.environ.get
+        return cls(dagster_url=env("HAWKEYE_DAGSTER_URL") or None,
+                   airflow_url=env("HAWKEYE_AIRFLOW_URL") or None,
+                   airflow_username=env("HAWKEYE_AIRFLOW_USERNAME") or None,
+                   airflow_password=env("HAWKEYE_AIRFLOW_PASSWORD") or None,
+                   audit_url=env("HAWKEYE_AUDIT_URL") or None,
+                   auto_pause=env("HAWKEYE_AUTO_PAUSE", "") in ("1", "true", "yes"))
+
+    def controls(self) -> dict[str, PipelineControl]:
+        controls: dict[str, PipelineControl] = {}
+        if self.dagster_url:
+            controls["dagster"] = DagsterControl(self.dagster_url)
+        if self.airflow_url:
+            auth = (self.airflow_username, self.airflow_password or "") \
+                if self.airflow_username else None
+            controls["airflow"] = AirflowControl(self.airflow_url, auth=auth)
+        return controls
+
+    def audit(self, storage: HawkeyeStorage) -> AuditStore:
+        return AuditStore(self.audit_url or f"sqlite:///{storage.path('mitigation', 'audit.sqlite')}")
+
+    def policy(self, dry_run: bool) -> PausePolicy:
+        return PausePolicy(dry_run=dry_run, auto=self.auto_pause,
+                           min_confidence=self.min_confidence, max_pipelines=self.max_pipelines)
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources bound from the environment (``HAWKEYE_LAKE`` / ``HAWKEYE_SQL_URL``)."""
     source = settings.telemetry_source()
     return {
         "telemetry": TelemetrySource(lake=source.lake, sql_url=source.sql_url),
         "storage": HawkeyeStorage(root=str(settings.storage_root())),
+        "mitigation": MitigationSettings.from_env(),
     }

@@ -145,7 +145,8 @@ class SqlLake(TelemetryReader):
         if missing:
             raise ContractError("no such column in the table", table=spec.name,
                                 file=self._where(spec), column=missing[0])
-        timed = time_range is not None and spec.time_column is not None
+        timed = spec.time_column is not None and time_range is not None \
+            and time_range.expression(spec.time_column) is not None
         fetched = names + [spec.time_column] if timed and spec.time_column not in names else names
         query = sa.select(*(self._select(spec, t.c[n]) for n in fetched))
         for key, value in (equals or {}).items():

@@ -1,0 +1,70 @@
+"""The audit trail of pauses and resumes, in any SQL database SQLAlchemy reaches.
+
+One row per thing done (or deliberately not done) to a pipeline for an
+incident: what it was before, why, when, by whom and with what outcome. The
+trail is also the state that makes pausing idempotent and resuming exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+import sqlalchemy as sa
+
+AUDIT_TABLE = "hawkeye_pause_audit"
+#: outcomes that leave a pause in force for the incident (``recorded``: no control, paused by hand)
+HOLDING = ("paused", "recorded")
+
+_metadata = sa.MetaData()
+_audit = sa.Table(
+    AUDIT_TABLE, _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident", sa.String, nullable=False, index=True),
+    sa.Column("pipeline_id", sa.String, nullable=False),
+    sa.Column("orchestrator", sa.String),
+    sa.Column("target", sa.String),
+    sa.Column("action", sa.String, nullable=False),        # pause | resume
+    sa.Column("outcome", sa.String, nullable=False),       # paused, recorded, dry_run, refused, ...
+    sa.Column("state_before", sa.String),
+    sa.Column("reason", sa.Text),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String, nullable=False),
+)
+AUDIT_COLUMNS = tuple(c.name for c in _audit.columns if c.name != "id")
+
+
+class AuditStore:
+    """The audit table at a SQLAlchemy ``url`` (created on first use)."""
+
+    def __init__(self, url: str):
+        self.engine = sa.create_engine(url)
+        _metadata.create_all(self.engine)
+
+    def record(self, entries: Iterable[dict]) -> None:
+        """Append entries (dicts with :data:`AUDIT_COLUMNS`) in one transaction."""
+        rows = [{k: e.get(k) for k in AUDIT_COLUMNS} for e in entries]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(_audit.insert(), rows)
+
+    def history(self, incident: str | None = None) -> pd.DataFrame:
+        """Every entry (of one incident), oldest first, ``ts`` as UTC."""
+        query = sa.select(_audit).order_by(_audit.c.id)
+        if incident is not None:
+            query = query.where(_audit.c.incident == incident)
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(query, conn)
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        return frame
+
+    def holding(self, incident: str) -> pd.DataFrame:
+        """The incident's pauses still in force: per pipeline, its last entry when it holds.
+
+        A failed resume does not end a pause (the pipeline is still paused).
+        """
+        history = self.history(incident)
+        failed_resume = (history["action"] == "resume") & (history["outcome"] == "failed")
+        last = history[~failed_resume].drop_duplicates("pipeline_id", keep="last")
+        return last[(last["action"] == "pause") & last["outcome"].isin(HOLDING)].reset_index(
+            drop=True)

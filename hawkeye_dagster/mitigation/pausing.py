@@ -1,0 +1,100 @@
+"""Carry out a pause plan and undo it, every step in the audit trail.
+
+Pausing is idempotent (a pipeline this incident already holds paused is left
+alone, so running the pause twice is one pause) and never touches a pipeline
+outside the plan. A pipeline that was already paused before stays the
+business of whoever paused it: it is recorded and never resumed by us.
+Resuming restores the exact state recorded before the pause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from hawkeye_dagster.mitigation.audit import AuditStore
+from hawkeye_dagster.mitigation.controls import PAUSED, ControlError, PipelineControl
+from hawkeye_dagster.mitigation.planning import PausePlan, PausePolicy, refusal
+
+RESULT_COLUMNS = ("incident", "pipeline_id", "orchestrator", "target", "action", "outcome",
+                  "state_before", "reason", "ts", "actor")
+
+
+def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str, PipelineControl],
+                    audit: AuditStore, *, actor: str, automatic: bool = False,
+                    reason: str = "") -> pd.DataFrame:
+    """Pause the plan's pipelines as far as ``policy`` allows.
+
+    ``controls`` maps an orchestrator (``dagster``, ``airflow``) to its
+    control; a pipeline whose orchestrator has none is recorded for a person
+    to pause (outcome ``recorded``). Returns one row per pipeline
+    (:data:`RESULT_COLUMNS`); outcomes: ``paused``, ``recorded``,
+    ``already_paused`` (paused before, left alone), ``held`` (this incident
+    already paused it; nothing recorded again), ``dry_run``, ``refused``,
+    ``failed`` (the orchestrator's error in ``reason``).
+    """
+    held = set(audit.holding(plan.incident)["pipeline_id"])
+    refused = refusal(plan, policy, automatic=automatic)
+    now = pd.Timestamp.now(tz="UTC")
+    results = []
+    for pipeline in plan.pipelines.itertuples(index=False):
+        entry = {"incident": plan.incident, "pipeline_id": pipeline.pipeline_id,
+                 "orchestrator": pipeline.orchestrator, "target": pipeline.target,
+                 "action": "pause", "state_before": None, "ts": now, "actor": actor,
+                 "reason": f"{reason} (root cause at {plan.cause_node}, confidence "
+                           f"{plan.confidence:.2f})".lstrip()}
+        control = controls.get(pipeline.orchestrator)
+        if pipeline.pipeline_id in held:
+            entry |= {"outcome": "held", "reason": "already paused for this incident"}
+        elif refused:
+            entry |= {"outcome": "dry_run" if policy.dry_run else "refused", "reason": refused}
+        elif control is None:
+            entry["outcome"] = "recorded"
+            entry["reason"] += f"; no {pipeline.orchestrator} control configured: pause it by hand"
+        else:
+            entry |= _act(control, pipeline.target)
+        results.append(entry)
+    audit.record(r for r in results if r["outcome"] != "held")
+    return pd.DataFrame(results, columns=list(RESULT_COLUMNS))
+
+
+def resume_pipelines(incident: str, controls: Mapping[str, PipelineControl], audit: AuditStore,
+                     *, actor: str) -> pd.DataFrame:
+    """Restore every pipeline the incident holds paused to its recorded state before.
+
+    Returns one row per pipeline (:data:`RESULT_COLUMNS`); outcomes:
+    ``resumed``, ``recorded`` (no control: resume it by hand), ``failed``.
+    Running it again finds nothing held and does nothing.
+    """
+    now = pd.Timestamp.now(tz="UTC")
+    results = []
+    for pause in audit.holding(incident).itertuples(index=False):
+        entry = {"incident": incident, "pipeline_id": pause.pipeline_id,
+                 "orchestrator": pause.orchestrator, "target": pause.target, "action": "resume",
+                 "state_before": pause.state_before, "ts": now, "actor": actor,
+                 "reason": "incident mitigated"}
+        control = controls.get(pause.orchestrator)
+        if pause.outcome == "recorded" or control is None:
+            entry |= {"outcome": "recorded", "reason": "no control configured: resume it by hand"}
+        else:
+            entry |= _act(control, pause.target, restore=pause.state_before)
+        results.append(entry)
+    audit.record(results)
+    return pd.DataFrame(results, columns=list(RESULT_COLUMNS))
+
+
+def _act(control: PipelineControl, target: str, *, restore: str | None = None) -> dict:
+    """Pause (unless already paused) or restore one target; orchestrator errors become ``failed``."""
+    try:
+        if restore is not None:
+            control.restore(target, restore)
+            return {"outcome": "resumed"}
+        before = control.state(target)
+        if before.startswith(PAUSED):
+            return {"outcome": "already_paused", "state_before": before,
+                    "reason": "paused before this incident; left as it is"}
+        control.pause(target)
+        return {"outcome": "paused", "state_before": before}
+    except ControlError as exc:
+        return {"outcome": "failed", "reason": str(exc)}
