@@ -11,11 +11,13 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from hawkeye_dagster.assets import lineage, mitigation, telemetry
+from hawkeye_dagster.assets import lineage, mitigation, snapshots, telemetry, training
 from hawkeye_dagster.resources import default_resources
 from hawkeye_dagster.sensors import feature_alerts, models
+from hawkeye_dagster.sensors import snapshots as snapshot_sensors
 
-DOMAINS = [telemetry, models, lineage, feature_alerts, mitigation]
+DOMAINS = [telemetry, models, lineage, feature_alerts, mitigation, snapshots, training,
+           snapshot_sensors]
 
 
 def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:

@@ -1,0 +1,452 @@
+"""Snapshot diagnosis as assets: one ``snapshot`` partition per published snapshot.
+
+``snapshot_baseline`` finds the snapshot's model, its latest operationally
+stable predecessors and whether its artifact is a safe ``torch.export``
+program (a blocking check: a refused artifact stops the diagnosis there).
+The analyses then run side by side: weight diff, activations, importance
+change, training. ``snapshot_report`` weighs them into a verdict with plots
+and carries the blocking gate checks a deployment can hold promotion on.
+``stable_snapshots`` is the history of stable snapshots of every model.
+
+Outputs go to storage under ``snapshots/<snapshot_id>/``. Heavy imports
+(torch, scipy, matplotlib) happen inside the assets only.
+"""
+
+import base64
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
+from hawkeye_dagster.analysis.snapshot_report import GATE_CHECKS
+from hawkeye_dagster.assets.partitions import snapshot_partitions
+from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.errors import BadSnapshotError, ContractError, UnknownIdError
+from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+
+GROUP = "snapshots"
+OWNERS = ["team:ml-modeling"]
+STORE = "snapshots"
+#: stable snapshots whose stable-to-stable diffs define a normal weight change
+STABLE_HISTORY = 5
+#: served rows a snapshot is run on
+ACTIVATION_ROWS = 10_000
+#: served rows feature importance is compared on (ablation costs a pass per feature)
+IMPORTANCE_ROWS = 2_000
+#: how far around publication served inputs are looked for
+RECENT = pd.Timedelta("1D")
+
+
+def _all(table: str) -> dg.AssetDep:
+    """A dependency on every partition of a telemetry table."""
+    return dg.AssetDep(telemetry_key(table), partition_mapping=dg.AllPartitionMapping())
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot's row of ``snapshots`` and its model's inputs."""
+
+    snapshot_id: str
+    model_id: str
+    published_at: pd.Timestamp
+    training_run_id: str | None
+    artifact: str
+    task: str
+    features: list[str]
+
+
+def snapshot_info(reader: TelemetryReader, snapshot_id: str) -> SnapshotInfo:
+    rows = reader.read("snapshots", equals={"snapshot_id": snapshot_id})
+    if rows.empty:
+        raise UnknownIdError(f"snapshot {snapshot_id!r} is not in the snapshots table")
+    row = rows.iloc[0]
+    model = row["model_id"]
+    models = reader.read("models", columns=["model_id", "task"], equals={"model_id": model})
+    if models.empty:
+        raise UnknownIdError(f"model {model!r} of snapshot {snapshot_id!r} is not in models")
+    features = reader.read("model_features", equals={"model_id": model}).sort_values("position")
+    return SnapshotInfo(snapshot_id, model, row["published_at"],
+                        row["training_run_id"] if pd.notna(row["training_run_id"]) else None,
+                        row["artifact"], models["task"].iloc[0], features["feature_name"].tolist())
+
+
+def served_inputs(reader: TelemetryReader, model_id: str, features: list[str],
+                  at: pd.Timestamp, rows: int = ACTIVATION_ROWS) -> pd.DataFrame:
+    """Up to ``rows`` of the model's served inputs (``ts``, ``label``, features) over a day next
+    to ``at``: the day before it; for a snapshot published before its model served, the first
+    day served; for a lake that stops earlier, its last day."""
+    columns = ["ts", "label", *features]
+    served = reader.serving_samples(model_id, TimeRange(at - RECENT, at), columns=columns)
+    if served.empty:
+        after = reader.serving_samples(model_id, TimeRange(at, at + 2 * RECENT), columns=columns)
+        served = after[after["ts"] < after["ts"].min() + RECENT]
+    if served.empty:
+        everything = reader.serving_samples(model_id, columns=columns)
+        served = everything[everything["ts"] > everything["ts"].max() - RECENT]
+    return served.sort_values("ts", kind="stable").tail(rows).reset_index(drop=True)
+
+
+def stable_history(reader: TelemetryReader, storage: HawkeyeStorage,
+                   model_ids: list[str] | None = None) -> pd.DataFrame:
+    """:func:`~hawkeye_dagster.analysis.stable_snapshots.stable_snapshots` over the lake, with
+    the snapshots whose report found them bad counted as having an incident attributed."""
+    from hawkeye_dagster.analysis.stable_snapshots import stable_snapshots
+
+    snapshots = reader.read("snapshots")
+    experiments = reader.read("experiments")
+    models = reader.read("models", columns=["model_id", "task"]).drop_duplicates("model_id")
+    if model_ids is not None:
+        snapshots = snapshots[snapshots["model_id"].isin(model_ids)]
+        experiments = experiments[experiments["model_id"].isin(model_ids)]
+    served = [reader.serving_samples(m, columns=QUALITY_COLUMNS).assign(model_id=m)
+              for m in snapshots["model_id"].unique()]
+    samples = pd.concat(served, ignore_index=True) if served else \
+        pd.DataFrame(columns=[*QUALITY_COLUMNS, "model_id"])
+    attributed = [s for s in snapshots["snapshot_id"]
+                  if storage.exists(STORE, s, "report.json")
+                  and storage.read_json(STORE, s, "report.json")["verdict"] == "bad"]
+    return stable_snapshots(snapshots, experiments, samples,
+                            dict(zip(models["model_id"], models["task"])), attributed=attributed)
+
+
+def _table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
+    """A frame's first rows as markdown (numbers to 4 significant digits)."""
+    shown = frame.head(limit).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+    return dg.MetadataValue.md(shown.to_markdown(index=False) if len(shown) else "_none_")
+
+
+def _image(storage: HawkeyeStorage, png: bytes, *parts: str) -> str:
+    """Save a PNG and return it as embedded markdown."""
+    storage.write_bytes(png, *parts)
+    return f"![{parts[-1]}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+# --- assets ----------------------------------------------------------------------------------
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pandas", "parquet"},
+    deps=[telemetry_key("snapshots"), telemetry_key("experiments"), telemetry_key("models"),
+          _all("serving_samples")],
+    automation_condition=dg.AutomationCondition.on_cron("0 * * * *"),
+    description="Every published snapshot judged for operational stability: served 24 h "
+                "without degradation against its predecessor (log-loss/calibration on the same "
+                "hours, NaN predictions) and without a bad snapshot report.",
+)
+def stable_snapshots(telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.MaterializeResult:
+    history = stable_history(telemetry.reader(), storage)
+    storage.write_parquet(history, STORE, "stable_snapshots.parquet")
+    latest = history[history["stable"]].groupby("model_id")["snapshot_id"].last()
+    per_model = history.groupby("model_id").agg(
+        snapshots=("snapshot_id", "size"), stable=("stable", "sum"),
+        degraded=("degraded", "sum")).join(latest.rename("latest_stable")).reset_index()
+    return dg.MaterializeResult(metadata={
+        "snapshots": len(history), "stable": int(history["stable"].sum()),
+        "per_model": _table(per_model),
+        "not_stable": _table(history.loc[~history["stable"], ["model_id", "snapshot_id",
+                                                              "reason"]]),
+    })
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pytorch", "json"}, partitions_def=snapshot_partitions,
+    deps=[telemetry_key("snapshots"), telemetry_key("models"), telemetry_key("model_features"),
+          telemetry_key("experiments"), _all("serving_samples")],
+    check_specs=[dg.AssetCheckSpec(
+        "artifact_is_valid", asset="snapshot_baseline", blocking=True,
+        description="The artifact is a safe torch.export program with one [batch, F] input "
+                    "matching the model's features; a refused artifact stops the diagnosis.")],
+    description="The snapshot's model and the latest operationally stable snapshots it is "
+                "compared with (the last is the rollback target).",
+)
+def snapshot_baseline(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                      storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.stable_snapshots import latest_stable
+    from hawkeye_dagster.snapshot_io import load_artifact, snapshot_signature
+
+    reader = telemetry.reader()
+    info = snapshot_info(reader, context.partition_key)
+    history = stable_history(reader, storage, [info.model_id])
+    stable = latest_stable(history, info.model_id, info.published_at, n=STABLE_HISTORY)
+    artifacts = dict(zip(history["snapshot_id"], history["artifact"]))
+    try:
+        name = reader.resolve_artifact(info.artifact)
+        signature = snapshot_signature(
+            load_artifact(reader, info.artifact, snapshot_id=info.snapshot_id), name=name)
+        if signature.n_features != len(info.features):
+            raise BadSnapshotError(f"the program takes {signature.n_features} features, "
+                                   f"model_features lists {len(info.features)}", file=name)
+        check = dg.AssetCheckResult(check_name="artifact_is_valid", passed=True,
+                                    metadata={"artifact": name, "features": len(info.features)})
+    except ContractError as exc:  # a refused archive, or an artifact path outside the lake
+        check = dg.AssetCheckResult(check_name="artifact_is_valid", passed=False,
+                                    description=exc.one_line(),
+                                    metadata={"artifact": exc.file or info.artifact})
+    baseline = {**vars(info), "published_at": info.published_at.isoformat(),
+                "stable": [{"snapshot_id": s, "artifact": artifacts[s]} for s in stable],
+                "reference": stable[-1] if stable else None}
+    storage.write_json(baseline, STORE, info.snapshot_id, "baseline.json")
+    return dg.MaterializeResult(
+        metadata={"model_id": info.model_id, "reference": baseline["reference"] or "none",
+                  "stable_snapshots": ", ".join(stable) or "none",
+                  "model_history": _table(history[["snapshot_id", "stable", "reason"]])},
+        check_results=[check])
+
+
+def _baseline(storage: HawkeyeStorage, snapshot_id: str) -> dict:
+    return storage.read_json(STORE, snapshot_id, "baseline.json")
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pytorch", "parquet"}, partitions_def=snapshot_partitions,
+    deps=["snapshot_baseline"],
+    description="Per-tensor change against the latest stable snapshot (relative L2, max abs, "
+                "mean/std shift, cosine, NaN/inf, shape), scored against the stable-to-stable "
+                "history; streamed tensor by tensor.",
+)
+def snapshot_weight_diff(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                         storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.weight_diff import (
+        SnapshotWeights, weight_change_history, weight_diff)
+
+    reader = telemetry.reader()
+    base = _baseline(storage, context.partition_key)
+    with ExitStack() as stack:
+        def weights(artifact: str) -> SnapshotWeights:
+            name = reader.resolve_artifact(artifact)
+            try:
+                fh = stack.enter_context(reader.open_artifact(artifact))
+            except OSError as exc:
+                raise BadSnapshotError(f"artifact file missing or unreadable: {exc}",
+                                       file=name) from exc
+            return SnapshotWeights(fh, name=name)
+
+        stable = [weights(s["artifact"]) for s in base["stable"]]
+        diff = weight_diff(weights(base["artifact"]), stable[-1] if stable else None,
+                           weight_change_history(stable))
+    storage.write_parquet(diff.astype({"shape": str, "reference_shape": str}),
+                          STORE, context.partition_key, "weight_diff.parquet")
+    flagged = diff[diff["flagged"]]
+    return dg.MaterializeResult(metadata={
+        "reference": base["reference"] or "none", "tensors": len(diff),
+        "flagged": len(flagged), "max_z": float(diff["z"].max()) if diff["z"].notna().any() else 0.0,
+        "flagged_tensors": _table(flagged[["parameter", "rel_l2", "z", "reason"]]),
+    })
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pytorch", "parquet"}, partitions_def=snapshot_partitions,
+    deps=["snapshot_baseline", _all("serving_samples")],
+    description="The snapshot run on recent served inputs with every graph node's output "
+                "captured: NaN, inf and extreme activations walked upstream to the input "
+                "features responsible (verified by re-running) and downstream to the prediction, "
+                "with the guard to add.",
+)
+def snapshot_activations(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                         storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.activations import diagnose_activations
+    from hawkeye_dagster.snapshot_io import load_artifact
+
+    reader = telemetry.reader()
+    base = _baseline(storage, context.partition_key)
+    inputs = served_inputs(reader, base["model_id"], base["features"],
+                           pd.Timestamp(base["published_at"]))
+    if inputs.empty:
+        summary = {"skipped": "no served inputs for the model"}
+        storage.write_json(summary, STORE, context.partition_key, "activations.json")
+        return dg.MaterializeResult(metadata={"skipped": summary["skipped"]})
+    program = load_artifact(reader, base["artifact"], snapshot_id=context.partition_key)
+    found = diagnose_activations(program.module(), inputs[base["features"]].to_numpy(np.float32),
+                                 base["features"], model_id=base["model_id"])
+    summary = {"healthy": found.healthy, "rows": found.rows, "bad_rows": found.bad_rows,
+               "bad_output_rows": found.bad_output_rows, "origins": found.origins,
+               "path": found.path, "nonfinite_parameters": found.nonfinite_parameters,
+               "responsible_features": found.responsible_features, "verified": found.verified,
+               "features": found.features.to_dict("records"), "guards": found.guards,
+               "summary": found.summary()}
+    storage.write_json(summary, STORE, context.partition_key, "activations.json")
+    storage.write_parquet(found.nodes.astype({"shape": str}), STORE, context.partition_key,
+                          "activation_nodes.parquet")
+    return dg.MaterializeResult(metadata={
+        "summary": found.summary(), "rows": found.rows, "bad_rows": found.bad_rows,
+        "bad_output_rows": found.bad_output_rows,
+        "guards": dg.MetadataValue.json(found.guards),
+        "bad_nodes": _table(found.nodes.loc[found.nodes["bad"], ["node", "target", "nan_rows",
+                                                                 "inf_rows", "extreme_rows"]]),
+    })
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pytorch", "parquet"}, partitions_def=snapshot_partitions,
+    deps=["snapshot_baseline", _all("serving_samples")],
+    description="Feature ablation importance of the snapshot against the latest stable one on "
+                "the same served rows, ranked by how much it changed (bootstrap-tested).",
+)
+def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                               storage: HawkeyeStorage) -> dg.MaterializeResult:
+    import torch
+
+    from hawkeye_dagster.analysis.ablation import ablation_attributions, importance_change
+    from hawkeye_dagster.snapshot_io import load_artifact
+
+    reader = telemetry.reader()
+    sid = context.partition_key
+    base = _baseline(storage, sid)
+    inputs = served_inputs(reader, base["model_id"], base["features"],
+                           pd.Timestamp(base["published_at"]), rows=IMPORTANCE_ROWS)
+    inputs = inputs.dropna(subset=base["features"])
+    if not base["stable"] or inputs.empty:
+        reason = "no stable snapshot to compare with" if not base["stable"] else \
+            "no served inputs for the model"
+        storage.write_json({"skipped": reason}, STORE, sid, "importance.json")
+        return dg.MaterializeResult(metadata={"skipped": reason})
+    x = torch.tensor(inputs[base["features"]].to_numpy(np.float32))
+    attributions = [
+        ablation_attributions(load_artifact(reader, artifact, snapshot_id=s).module(), x,
+                              x.mean(dim=0))
+        for s, artifact in [(sid, base["artifact"]),
+                            (base["reference"], base["stable"][-1]["artifact"])]]
+    # rows where either snapshot returns NaN/inf carry no importance (activations explain them)
+    scored = torch.isfinite(attributions[0]).all(dim=1) & torch.isfinite(attributions[1]).all(dim=1)
+    change = importance_change(*(a[scored] for a in attributions), base["features"])
+    storage.write_parquet(change, STORE, sid, "importance.parquet")
+    storage.write_json({"reference": base["reference"], "rows": int(scored.sum())},
+                       STORE, sid, "importance.json")
+    return dg.MaterializeResult(metadata={
+        "reference": base["reference"], "rows": int(scored.sum()),
+        "significant": int(change["significant"].sum()),
+        "ranking": _table(change[["feature", "ratio", "p_value", "significant"]], limit=10),
+    })
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pandas", "parquet"}, partitions_def=snapshot_partitions,
+    deps=["snapshot_baseline", telemetry_key("training_runs"),
+          telemetry_key("training_metrics"), _all("training_data"), _all("serving_samples")],
+    description="Snapshot -> training run -> dataset partitions: the run's loss and gradient "
+                "curves (divergence, explosion, stall, with the step each began) and its "
+                "partitions against their neighbours and against served data.",
+)
+def snapshot_training(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                      storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.training_diagnosis import (
+        curve_checks, diagnose_partitions, neighbour_partitions, training_lineage)
+
+    reader = telemetry.reader()
+    sid = context.partition_key
+    base = _baseline(storage, sid)
+    row = pd.DataFrame([{"snapshot_id": sid, "training_run_id": base["training_run_id"]}])
+    lineage = training_lineage(row, reader.read("training_runs"), sid)
+    if lineage is None:
+        storage.write_json({"skipped": "the snapshot names no known training run"},
+                           STORE, sid, "training.json")
+        return dg.MaterializeResult(metadata={"skipped": "no known training run"})
+    metrics = reader.read("training_metrics", equals={"training_run_id": lineage.training_run_id})
+    curves = curve_checks(metrics)
+    curve = curves.iloc[0].to_dict() if len(curves) else None
+    listing = reader.read("training_data", columns=["partition"],
+                          equals={"dataset_id": lineage.dataset_id})["partition"].unique()
+    train = reader.training_data(lineage.dataset_id,
+                                 neighbour_partitions(listing, lineage.partitions),
+                                 columns=["partition", "label", *base["features"]])
+    serving = served_inputs(reader, base["model_id"], base["features"],
+                            pd.Timestamp(base["published_at"]))
+    found = diagnose_partitions(train, lineage.partitions, serving, base["features"],
+                                base["task"], lineage.dataset_id)
+    storage.write_json({"training_run_id": lineage.training_run_id,
+                        "dataset_id": lineage.dataset_id, "partitions": lineage.partition_keys,
+                        "curve": curve}, STORE, sid, "training.json")
+    storage.write_parquet(metrics[["step", "loss", "grad_norm"]], STORE, sid,
+                          "training_metrics.parquet")
+    storage.write_parquet(found.ranked, STORE, sid, "training_partitions.parquet")
+    return dg.MaterializeResult(metadata={
+        "training_run_id": lineage.training_run_id, "partitions": len(lineage.partitions),
+        "curve": (curve or {}).get("reason") or ("healthy" if curve else "no metrics"),
+        "flagged_partitions": _table(found.ranked[found.ranked["flagged"]]),
+    })
+
+
+def _analysis(storage: HawkeyeStorage, sid: str, name: str, *tables: str) -> tuple:
+    """An upstream analysis's summary (``<name>.json``) and stored tables, or ``None`` for
+    each when it skipped (the summary then holds ``skipped``: why)."""
+    summary = storage.read_json(STORE, sid, f"{name}.json")
+    if "skipped" in summary:
+        return summary, *(None for _ in tables)
+    return summary, *(storage.read_parquet(STORE, sid, t) for t in tables)
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS,
+    kinds={"pandas", "json"}, partitions_def=snapshot_partitions,
+    deps=["snapshot_weight_diff", "snapshot_activations", "snapshot_importance_change",
+          "snapshot_training"],
+    check_specs=[dg.AssetCheckSpec(name, asset="snapshot_report", blocking=True,
+                                   description=text) for name, text in GATE_CHECKS.items()],
+    description="The snapshot's verdict (bad / suspect / healthy) from all its analyses, with "
+                "plots, suggested mitigations and the blocking gate checks for promotion.",
+)
+def snapshot_report(context: dg.AssetExecutionContext,
+                    storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis import snapshot_report as sr
+
+    sid = context.partition_key
+    base = _baseline(storage, sid)
+    weights = storage.read_parquet(STORE, sid, "weight_diff.parquet")
+    activations, nodes = _analysis(storage, sid, "activations", "activation_nodes.parquet")
+    training, metrics, partitions = _analysis(storage, sid, "training", "training_metrics.parquet",
+                                              "training_partitions.parquet")
+    importance_summary, importance = _analysis(storage, sid, "importance", "importance.parquet")
+    skipped = [f"{name}: {part['skipped']}" for name, part in
+               [("activations", activations), ("training", training),
+                ("importance", importance_summary)] if "skipped" in part]
+    report = sr.build_report(
+        sid, base["model_id"], reference=base["reference"], weights=weights,
+        activations=None if nodes is None else activations, curve=training.get("curve"),
+        partitions=partitions, importance=importance, skipped=skipped)
+    storage.write_json(report.to_json(), STORE, sid, "report.json")
+    images = []
+    if weights["rel_l2"].notna().any():
+        images.append(_image(storage, sr.weight_change_plot(weights), STORE, sid, "weights.png"))
+    if nodes is not None:
+        images.append(_image(storage, sr.activation_range_plot(nodes), STORE, sid,
+                             "activations.png"))
+    if metrics is not None and training.get("curve"):
+        images.append(_image(storage, sr.training_curve_plot(metrics, training["curve"]),
+                             STORE, sid, "training_curve.png"))
+    markdown = "\n\n".join([
+        f"**{report.verdict}**: snapshot `{sid}` of model `{base['model_id']}` "
+        f"(compared with `{base['reference'] or 'no stable snapshot'}`)",
+        "\n".join(f"- {f}" for f in report.findings) or "- nothing unusual found",
+        *(f"_skipped_: {s}" for s in report.skipped), *images])
+    checks = [dg.AssetCheckResult(
+        check_name=name, passed=gate.passed, description=gate.description,
+        severity=dg.AssetCheckSeverity.ERROR if gate.checked else dg.AssetCheckSeverity.WARN)
+        for name, gate in report.gates.items()]
+    return dg.MaterializeResult(
+        metadata={"verdict": report.verdict, "report": dg.MetadataValue.md(markdown),
+                  "mitigations": dg.MetadataValue.json(report.mitigations)},
+        check_results=checks)
+
+
+SNAPSHOT_DIAGNOSTICS = [snapshot_baseline, snapshot_weight_diff, snapshot_activations,
+                        snapshot_importance_change, snapshot_training, snapshot_report]
+
+#: in one process: the steps are seconds each, a process per step would cost more than them
+snapshot_diagnostics_job = dg.define_asset_job(
+    "snapshot_diagnostics", selection=SNAPSHOT_DIAGNOSTICS, partitions_def=snapshot_partitions,
+    executor_def=dg.in_process_executor,
+    description="Diagnose one published snapshot (launched by the publication sensor).")
+
+defs = dg.Definitions(assets=[stable_snapshots, *SNAPSHOT_DIAGNOSTICS],
+                      jobs=[snapshot_diagnostics_job])

@@ -1,0 +1,157 @@
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hawkeye_dagster.resources import TelemetrySource
+from hawkeye_dagster.sensors.snapshots import (
+    MAX_PER_TICK, SnapshotCursor, snapshot_publication_sensor, training_partition_sensor)
+from lake_factory import DATASETS, RANKER, START, TRAIN_PARTITIONS, postgres_schema, write_lake
+
+
+class Ticker:
+    """Evaluates a sensor tick after tick on a real instance, applying what the daemon would:
+    the dynamic partition requests and the cursor; remembers every run key launched."""
+
+    def __init__(self, instance, telemetry: TelemetrySource, sensor=snapshot_publication_sensor):
+        self.instance, self.telemetry, self.sensor = instance, telemetry, sensor
+        self.cursor = None
+        self.launched: list[str] = []
+
+    def tick(self):
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
+                                          resources={"telemetry": self.telemetry})
+        result = self.sensor(context)
+        if isinstance(result, dg.SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                self.instance.add_dynamic_partitions(request.partitions_def_name,
+                                                     list(request.partition_keys))
+            self.cursor = result.cursor or self.cursor
+            for run in result.run_requests or []:
+                assert run.partition_key == run.run_key
+                self.launched.append(run.run_key)
+        return result
+
+    def partitions(self, name="snapshot") -> set[str]:
+        return set(self.instance.get_dynamic_partitions(name))
+
+
+def append_snapshots(lake: Path, name: str, ids: list[str], published: pd.Timestamp) -> None:
+    """A new file in the snapshots table (files are never rewritten), as a publisher adds one."""
+    pq.write_table(pa.table({
+        "model_id": [RANKER] * len(ids), "snapshot_id": ids,
+        "published_at": pa.array([published] * len(ids), pa.timestamp("us", tz="UTC")),
+        "training_run_id": ["run 2"] * len(ids),
+        "artifact": [f"artifacts/{s}.pt2" for s in ids]}), lake / "snapshots" / f"{name}.parquet")
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return write_lake(tmp_path / "lake")
+
+
+@pytest.fixture
+def ticker(lake):
+    with dg.instance_for_test() as instance:
+        yield Ticker(instance, TelemetrySource(lake=str(lake)))
+
+
+def test_first_tick_registers_history_and_diagnoses_the_recent(ticker):
+    result = ticker.tick()
+    # ranker@2 was published 20 h after the start; the others two days before it
+    assert ticker.partitions() == {"ranker@1", "ranker@2", "ads@1"}
+    assert ticker.launched == ["ranker@2"]
+    assert result.run_requests[0].tags["hawkeye/model_id"] == RANKER
+    assert isinstance(ticker.tick(), dg.SensorResult) and ticker.launched == ["ranker@2"]
+    assert "no new snapshots" in ticker.tick().skip_reason.skip_message
+
+
+def test_a_new_snapshot_is_diagnosed_once(ticker, lake):
+    ticker.tick()
+    append_snapshots(lake, "later", ["ranker@3"], START + pd.Timedelta("2D"))
+    ticker.tick()
+    assert ticker.launched == ["ranker@2", "ranker@3"] and "ranker@3" in ticker.partitions()
+    # the same row again in another file, and more ticks: nothing is launched twice
+    append_snapshots(lake, "republished", ["ranker@3"], START + pd.Timedelta("2D"))
+    for _ in range(3):
+        ticker.tick()
+    assert ticker.launched == ["ranker@2", "ranker@3"]
+
+
+def test_a_burst_is_spread_over_ticks(ticker, lake):
+    ticker.tick()
+    burst = [f"ranker@burst-{i:02d}" for i in range(2 * MAX_PER_TICK + 5)]
+    append_snapshots(lake, "burst", burst, START + pd.Timedelta("3D"))
+    sizes = []
+    for _ in range(4):
+        before = len(ticker.launched)
+        ticker.tick()
+        sizes.append(len(ticker.launched) - before)
+    assert sizes == [MAX_PER_TICK, MAX_PER_TICK, 5, 0]
+    assert sorted(ticker.launched[1:]) == burst
+    assert SnapshotCursor.load(ticker.cursor).watermark == START + pd.Timedelta("3D")
+
+
+def test_ids_dagster_cannot_key_are_skipped_not_fatal(ticker, lake):
+    ticker.tick()
+    append_snapshots(lake, "odd", ["ranker...3", "tab\tbed", "ranker 'ok' é"],
+                     START + pd.Timedelta("2D"))
+    ticker.tick()
+    assert ticker.launched[-1] == "ranker 'ok' é" and "ranker...3" not in ticker.partitions()
+
+
+def test_cursor_round_trip():
+    cursor = SnapshotCursor({"/lake/snapshots/a b.parquet", "/lake/snapshots/ü.parquet"},
+                            pd.Timestamp("2026-03-01T05:00", tz="UTC"))
+    assert SnapshotCursor.load(cursor.dump()) == cursor
+    assert SnapshotCursor.load(None) == SnapshotCursor()
+
+
+def test_training_partitions_follow_the_runs(ticker):
+    sensor = Ticker(ticker.instance, ticker.telemetry, training_partition_sensor)
+    sensor.tick()
+    assert sensor.partitions("training_partition") == {
+        f"{d}/{p}" for d in DATASETS.values() for p in TRAIN_PARTITIONS}
+    assert isinstance(sensor.tick(), dg.SkipReason)
+
+
+@pytest.mark.postgres
+def test_a_sql_source_is_read_from_its_watermark(lake):
+    import sqlalchemy as sa
+
+    from hawkeye_dagster.lake.open import open_lake
+    from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
+
+    with postgres_schema() as (url, schema), dg.instance_for_test() as instance:
+        scoped = f"{url}?options={quote(f'-csearch_path={schema}')}"
+        copy_lake_to_sql(open_lake(lake=str(lake)), scoped)
+        ticker = Ticker(instance, TelemetrySource(sql_url=scoped))
+        ticker.tick()
+        assert ticker.launched == ["ranker@2"]
+        assert isinstance(ticker.tick().skip_reason, dg.SkipReason)
+        with sa.create_engine(scoped).begin() as conn:
+            conn.execute(sa.text(
+                "insert into snapshots (model_id, snapshot_id, published_at, training_run_id, "
+                "artifact) values (:m, 'ranker@3', :t, 'run 2', 'artifacts/ranker@3.pt2')"),
+                {"m": RANKER, "t": (START + pd.Timedelta("2D")).to_pydatetime()})
+        ticker.tick()
+        assert ticker.launched == ["ranker@2", "ranker@3"]
+
+
+def test_a_tick_imports_no_torch(lake):
+    code = (
+        "import sys, dagster as dg\n"
+        "from hawkeye_dagster.resources import TelemetrySource\n"
+        "from hawkeye_dagster.sensors.snapshots import snapshot_publication_sensor as s\n"
+        "with dg.instance_for_test() as i:\n"
+        f"    s(dg.build_sensor_context(instance=i, resources={{'telemetry': "
+        f"TelemetrySource(lake={str(lake)!r})}}))\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'matplotlib') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
