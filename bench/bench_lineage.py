@@ -1,5 +1,5 @@
-"""Lineage benchmarks: graph build at three sizes, one incident's upstream analysis at 100k
-nodes, and the feature-alert sensor's tick against the size of the alert history.
+"""Lineage benchmarks: graph build at three sizes and one incident's upstream analysis at 100k
+nodes (the feature-alert sensor's tick is in :mod:`bench.bench_sensors`).
 
 - ``lineage_graph_build``: :func:`build_lineage_graph` (reference checks,
   cycle check, attributes) against the floor of a bare
@@ -9,20 +9,12 @@ nodes, and the feature-alert sensor's tick against the size of the alert history
   100,000 nodes / 300,000 edges with a year of daily statistics (3 per node),
   against a plain baseline: ``networkx.ancestors`` per feature and a
   per-node, per-stat pandas loop computing a median/MAD z-score.
-- ``alert_sensor_tick_<history>``: one tick of ``feature_alert_sensor`` that
-  finds 100 new alerts (one new file) next to 1e3..1e5 alerts already read
-  (100 per file), against re-reading the table with a ``ts`` filter through
-  the lake reader (what a watermark-only sensor does); the tick should stay
-  flat as history grows.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
-import dagster as dg
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -173,73 +165,9 @@ def bench_upstream(n_nodes: int, days: int) -> dict:
     }
 
 
-def _alert_file(folder: Path, name: str, features: np.ndarray, start: pd.Timestamp, rng) -> None:
-    ts = start + pd.to_timedelta(np.sort(rng.integers(0, 3600, len(features))), unit="s")
-    pd.DataFrame({"ts": ts, "feature_name": features, "alert_type": "null_rate",
-                  "severity": rng.choice(["info", "warning", "critical"], len(features)),
-                  "detail": "bench"}).to_parquet(folder / f"{name}.parquet", index=False)
-
-
-def bench_alert_tick(histories, n_nodes: int = 10_000) -> list[dict]:
-    from hawkeye_dagster.assets.lineage import upstream_root_cause
-    from hawkeye_dagster.lake.open import open_lake
-    from hawkeye_dagster.lake.reader import TimeRange
-    from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
-    from hawkeye_dagster.sensors.feature_alerts import feature_alert_sensor
-
-    rng = np.random.default_rng(2)
-    results = []
-    for history in histories:
-        with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
-            lake = Path(tmp) / "lake"
-            tables = lineage_tables(n_nodes, 3 * n_nodes)
-            tables["pipelines"] = pd.DataFrame(columns=["pipeline_id", "orchestrator", "target"])
-            for name, frame in tables.items():
-                (lake / name).mkdir(parents=True)
-                frame.to_parquet(lake / name / "part-0.parquet", index=False)
-            features = tables["features"]["feature_name"].to_numpy()
-            alerts = lake / "feature_alerts"
-            alerts.mkdir()
-            start = pd.Timestamp("2026-01-01", tz="UTC")
-            for i in range(history // 100):
-                _alert_file(alerts, f"h{i:05d}", rng.choice(features, 100),
-                            start + pd.Timedelta(hours=i), rng)
-            resources = {"telemetry": TelemetrySource(lake=str(lake)),
-                         "storage": HawkeyeStorage(root=str(Path(tmp) / "out"))}
-
-            defs = dg.Definitions(assets=[upstream_root_cause], sensors=[feature_alert_sensor],
-                                  resources=resources)
-
-            def tick(cursor):
-                with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                             resources=resources) as context:
-                    return feature_alert_sensor(context)
-
-            cursor = tick(None).cursor                     # reads the history, warms the graph
-            newest = start + pd.Timedelta(hours=history // 100 + 24)
-            _alert_file(alerts, "new", rng.choice(features, 100), newest, rng)
-            started = time.perf_counter()
-            result = tick(cursor)
-            project_s = time.perf_counter() - started
-            reader = open_lake(str(lake))
-            reference_s, rows = _timed(lambda: reader.read(
-                "feature_alerts", time_range=TimeRange(start=newest)), repeat=1)
-            assert len(rows) == 100
-            results.append({
-                "name": f"alert_sensor_tick_{history}",
-                "project_s": project_s, "reference": "re-read feature_alerts with a ts filter",
-                "reference_s": reference_s, "ratio": reference_s / project_s,
-                "params": {"history_alerts": history, "history_files": history // 100,
-                           "new_alerts": 100, "graph_nodes": n_nodes,
-                           "run_requests": len(result.run_requests or [])},
-            })
-    return results
-
-
 def run(quick: bool) -> list[dict]:
     sizes = (5_000, 10_000, 20_000) if quick else (25_000, 50_000, 100_000)
-    return [*bench_build(sizes), bench_upstream(20_000 if quick else 100_000, 365),
-            *bench_alert_tick((1_000, 10_000) if quick else (1_000, 10_000, 100_000))]
+    return [*bench_build(sizes), bench_upstream(20_000 if quick else 100_000, 365)]
 
 
 if __name__ == "__main__":

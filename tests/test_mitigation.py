@@ -14,7 +14,7 @@ from lineage_world import lineage_tables
 
 from hawkeye_dagster.analysis.lineage_graph import build_lineage_graph
 from hawkeye_dagster.mitigation.audit import AuditStore
-from hawkeye_dagster.mitigation.controls import AirflowControl
+from hawkeye_dagster.mitigation.controls import AirflowControl, ControlError
 from hawkeye_dagster.mitigation.pausing import pause_pipelines, resume_pipelines
 from hawkeye_dagster.mitigation.planning import PausePolicy, plan_pause, refusal
 
@@ -160,3 +160,39 @@ def test_orchestrator_errors_are_recorded_not_raised(graph, audit):
     assert list(result["outcome"]) == ["failed"]
     assert "x1_dag" in result.iloc[0]["reason"]
     assert audit.holding("i5").empty
+
+
+class LostAnswerControl(MemoryControl):
+    """Applies the pause, then loses the answer (``lose`` times)."""
+
+    def __init__(self, states, lose):
+        super().__init__(states)
+        self.lose = lose
+
+    def pause(self, target):
+        super().pause(target)
+        if self.lose:
+            self.lose -= 1
+            raise ControlError(f"answer for {target} timed out")
+
+
+def _t1(result):
+    """The outcome and state before of ``p_t1`` (the plan's Dagster pipeline)."""
+    return result.set_index("pipeline_id").loc["p_t1", ["outcome", "state_before"]]
+
+
+def test_a_failed_pause_counts_only_until_the_pipeline_settles(graph, audit):
+    plan = plan_pause(graph, "t1", ["f1"], incident="i8", confidence=0.9)
+    dagster = LostAnswerControl({"t1_schedule": "running:default"}, lose=1)
+    first = _t1(pause_pipelines(plan, LIVE, {"dagster": dagster}, audit, actor="t"))
+    assert list(first) == ["failed", "running:default"]
+    retry = _t1(pause_pipelines(plan, LIVE, {"dagster": dagster}, audit, actor="t"))
+    assert list(retry) == ["paused", "running:default"]
+    assert dagster.calls == [("pause", "t1_schedule")]          # paused once
+    resume_pipelines("i8", {"dagster": dagster}, audit, actor="t")
+    assert dagster.states["t1_schedule"] == "running:default"
+    dagster.states["t1_schedule"] = "paused"                     # someone else pauses it now
+    later = _t1(pause_pipelines(plan, LIVE, {"dagster": dagster}, audit, actor="t"))
+    assert later["outcome"] == "already_paused"        # the old failure is settled
+    resume_pipelines("i8", {"dagster": dagster}, audit, actor="t")
+    assert dagster.states["t1_schedule"] == "paused"

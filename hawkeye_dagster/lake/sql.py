@@ -36,30 +36,43 @@ _JULIAN_SLACK_DAYS = 1e-6
 
 
 class SqlLake(TelemetryReader):
-    """Telemetry tables in the database at ``url`` (in ``schema``, else the default one)."""
+    """Telemetry tables in the database at ``url`` (in ``schema``, else the default one).
+
+    Besides the reader, it offers hooks for code that builds its own queries over the
+    telemetry (:mod:`hawkeye_dagster.lake.pushdown`): :attr:`engine`, :attr:`is_sqlite`,
+    :meth:`table` and :meth:`time_bounds`.
+
+    Attributes
+    ----------
+    engine : sqlalchemy.Engine
+        The database's engine.
+    is_sqlite : bool
+        Whether the database is SQLite (timestamps stored as ISO-8601 text, no NaN).
+    """
 
     def __init__(self, url: str, *, schema: str | None = None):
         shown = redact_url(url)
         try:
-            self._engine = sa.create_engine(url)
+            self.engine = sa.create_engine(url)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ContractError(f"cannot open SQL URL: {exc}", file=shown) from exc
         self._schema = schema
-        self._sqlite = self._engine.dialect.name == "sqlite"
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.location = f"{shown} (schema {schema})" if schema else shown
         self._reflected: dict[str, sa.Table] = {}
 
     # -- catalog -------------------------------------------------------------
 
     def tables(self) -> set[str]:
-        return set(sa.inspect(self._engine).get_table_names(schema=self._schema)) & set(TABLES)
+        return set(sa.inspect(self.engine).get_table_names(schema=self._schema)) & set(TABLES)
 
-    def _table(self, spec: TableSpec) -> sa.Table | None:
-        """The reflected table (``None`` for an absent optional table)."""
+    def table(self, spec: TableSpec) -> sa.Table | None:
+        """The contract table ``spec`` as reflected from the database (``None`` for an absent
+        optional table); raises :class:`ContractError` for an absent required one."""
         if spec.name not in self._reflected:
             try:
                 self._reflected[spec.name] = sa.Table(spec.name, sa.MetaData(schema=self._schema),
-                                                      autoload_with=self._engine)
+                                                      autoload_with=self.engine)
             except sa.exc.NoSuchTableError:
                 if spec.optional:
                     return None
@@ -77,7 +90,7 @@ class SqlLake(TelemetryReader):
         if isinstance(sql_type, (sa.String, sa.JSON, sa.types.NullType)):
             if kind is Kind.STRING_LIST:
                 return pa.list_(pa.string())  # the contract's JSON array string
-            if kind is Kind.TIMESTAMP and self._sqlite:
+            if kind is Kind.TIMESTAMP and self.is_sqlite:
                 return TIMESTAMP  # ISO-8601 text
             return pa.null() if isinstance(sql_type, sa.types.NullType) else pa.string()
         if isinstance(sql_type, sa.DateTime):
@@ -86,7 +99,7 @@ class SqlLake(TelemetryReader):
             return pa.bool_()
         if isinstance(sql_type, sa.Integer):
             return pa.int64()
-        if isinstance(sql_type, sa.REAL) and not self._sqlite:
+        if isinstance(sql_type, sa.REAL) and not self.is_sqlite:
             return pa.float32()
         if isinstance(sql_type, (sa.Float, sa.Numeric)):
             return pa.float64()
@@ -94,7 +107,7 @@ class SqlLake(TelemetryReader):
 
     def parts(self, table: str) -> list[TablePart]:
         spec = table_spec(table)
-        t = self._table(spec)
+        t = self.table(spec)
         if t is None:
             return []
         schema = pa.schema([(c.name, self._stored_type(spec, c)) for c in t.columns])
@@ -105,15 +118,15 @@ class SqlLake(TelemetryReader):
     def _feature_columns(self, spec: TableSpec, t: sa.Table, ids: list[str]) -> list[str]:
         """The feature columns of these models (``serving_samples``) or datasets
         (``training_data``), from ``model_features``."""
-        features = self._table(TABLES["model_features"])
+        features = self.table(TABLES["model_features"])
         query = sa.select(features.c.feature_name).distinct()
         if spec.name == "serving_samples":
             query = query.where(features.c.model_id.in_(ids))
         else:
-            runs = self._table(TABLES["training_runs"])
+            runs = self.table(TABLES["training_runs"])
             query = query.where(features.c.model_id.in_(
                 sa.select(runs.c.model_id).where(runs.c.dataset_id.in_(ids))))
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             names = set(conn.execute(query).scalars())
         if not names and spec.name == "training_data":  # a dataset no run names: keep them all
             names = set(t.columns.keys())
@@ -135,7 +148,7 @@ class SqlLake(TelemetryReader):
                    time_range: TimeRange | None = None, equals: dict | None = None,
                    isin: dict | None = None) -> pa.Table:
         spec = table_spec(table)
-        t = self._table(spec)
+        t = self.table(spec)
         if t is None:
             empty = contract_schema(spec, columns or ()).empty_table()
             return empty.select(columns or spec.column_names)
@@ -154,8 +167,8 @@ class SqlLake(TelemetryReader):
         for key, values in (isin or {}).items():
             query = query.where(t.c[key].in_(list(values)))
         if timed:
-            query = query.where(*self._time_bounds(t.c[spec.time_column], time_range))
-        with self._engine.connect() as conn:
+            query = query.where(*self.time_bounds(t.c[spec.time_column], time_range))
+        with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         result = self._to_arrow(spec, fetched, rows)
         if timed:
@@ -164,20 +177,30 @@ class SqlLake(TelemetryReader):
 
     def _select(self, spec: TableSpec, column: sa.Column):
         """The column as selected: SQLite timestamps as their raw text, parsed here."""
-        if self._sqlite and column.name in spec.column_names \
+        if self.is_sqlite and column.name in spec.column_names \
                 and spec.column(column.name).kind is Kind.TIMESTAMP:
             return sa.type_coerce(column, sa.String()).label(column.name)
         return column
 
-    def _time_bounds(self, column: sa.Column, time_range: TimeRange) -> list:
+    def time_bounds(self, column: sa.Column, time_range: TimeRange, *,
+                    exact: bool = False) -> list:
+        """``start <= column < end`` as WHERE conditions (none for an open side).
+
+        On SQLite the ISO-8601 text is compared through ``julianday`` (double-precision days,
+        about 40 microseconds apart). By default the bounds are widened by a slack so that no
+        row in the range is lost, and the caller filters the result exactly again, as
+        :meth:`read_arrow` does; ``exact=True`` gives the bounds without slack, for queries
+        whose result cannot be filtered again (aggregates in the database).
+        """
+        slack = 0.0 if exact else _JULIAN_SLACK_DAYS
         bounds = []
-        for value, compare, slack in ((time_range.start, operator.ge, -_JULIAN_SLACK_DAYS),
-                                      (time_range.end, operator.lt, _JULIAN_SLACK_DAYS)):
+        for value, compare, widen in ((time_range.start, operator.ge, -slack),
+                                      (time_range.end, operator.lt, slack)):
             if value is None:
                 continue
-            if self._sqlite:
+            if self.is_sqlite:
                 bounds.append(compare(sa.func.julianday(column),
-                                      sa.func.julianday(value.isoformat()) + slack))
+                                      sa.func.julianday(value.isoformat()) + widen))
             else:
                 naive = isinstance(column.type, sa.DateTime) and not column.type.timezone
                 bounds.append(compare(column, (value.tz_convert(None) if naive else value)
@@ -212,7 +235,7 @@ class SqlLake(TelemetryReader):
 
     def serving_columns(self, model_id: str) -> list[str]:
         spec = TABLES["serving_samples"]
-        return self._default_columns(spec, self._table(spec), {"model_id": model_id}, None)
+        return self._default_columns(spec, self.table(spec), {"model_id": model_id}, None)
 
     # -- artifacts -----------------------------------------------------------
 

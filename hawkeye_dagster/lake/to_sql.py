@@ -60,6 +60,8 @@ def copy_lake_to_sql(lake: TelemetryReader, url: str, *, schema: str | None = No
     fit the database's identifiers.
     """
     engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _transactional_ddl(engine)
     metadata = sa.MetaData(schema=schema)
     present = sorted(lake.tables())
     tables = {}
@@ -81,6 +83,23 @@ def copy_lake_to_sql(lake: TelemetryReader, url: str, *, schema: str | None = No
             for piece in _pieces(lake, TABLES[name]):
                 _insert(conn, tables[name], piece)
     engine.dispose()
+
+
+def _transactional_ddl(engine: sa.Engine) -> None:
+    """Make SQLite's ``CREATE TABLE`` part of the copy's transaction.
+
+    pysqlite begins transactions itself, only before DML, so DDL would commit on its own.
+    SQLAlchemy's documented recipe hands transaction control to SQLAlchemy instead: the
+    driver's own BEGIN is disabled (``isolation_level = None``) and ``BEGIN`` is emitted when
+    SQLAlchemy begins.
+    """
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
 
 
 def _check_identifier(engine: sa.Engine, spec: TableSpec, name: str) -> None:

@@ -68,3 +68,19 @@ class AuditStore:
         last = history[~failed_resume].drop_duplicates("pipeline_id", keep="last")
         return last[(last["action"] == "pause") & last["outcome"].isin(HOLDING)].reset_index(
             drop=True)
+
+    def interrupted(self, incident: str) -> pd.Series:
+        """The incident's pauses that failed after the state was read: ``state_before`` by
+        ``pipeline_id``.
+
+        The orchestrator may have applied such a pause though its answer was lost, so a
+        retry that finds the pipeline paused treats it as this incident's pause. Only the
+        failed pauses since the pipeline's last other entry count, and the earliest of them
+        holds the state from before the incident touched it.
+        """
+        history = self.history(incident)
+        failed = (history["action"] == "pause") & (history["outcome"] == "failed")
+        # per pipeline, how many entries that are not failed pauses come later: 0 = since the last
+        settled = (~failed)[::-1].groupby(history["pipeline_id"][::-1]).cumsum()[::-1]
+        since = history[failed & (settled == 0) & history["state_before"].notna()]
+        return since.drop_duplicates("pipeline_id").set_index("pipeline_id")["state_before"]

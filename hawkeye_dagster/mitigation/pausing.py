@@ -4,7 +4,10 @@ Pausing is idempotent (a pipeline this incident already holds paused is left
 alone, so running the pause twice is one pause) and never touches a pipeline
 outside the plan. A pipeline that was already paused before stays the
 business of whoever paused it: it is recorded and never resumed by us.
-Resuming restores the exact state recorded before the pause.
+Resuming restores the exact state recorded before the pause. A pause that
+failed after the state was read (the orchestrator may have applied it and lost
+the answer) is retried as this incident's: a pipeline found paused then is
+held with the state read before the failed attempt.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str,
     (:data:`RESULT_COLUMNS`); outcomes: ``paused``, ``recorded``,
     ``already_paused`` (paused before, left alone), ``held`` (this incident
     already paused it; nothing recorded again), ``dry_run``, ``refused``,
-    ``failed`` (the orchestrator's error in ``reason``).
+    ``failed`` (the orchestrator's error in ``reason``; ``state_before`` when it was read,
+    so a retry that finds the pipeline paused knows the pause was applied and whose it is).
     """
     held = set(audit.holding(plan.incident)["pipeline_id"])
+    interrupted = audit.interrupted(plan.incident)
     refused = refusal(plan, policy, automatic=automatic)
     now = pd.Timestamp.now(tz="UTC")
     results = []
@@ -53,7 +58,7 @@ def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str,
             entry["outcome"] = "recorded"
             entry["reason"] += f"; no {pipeline.orchestrator} control configured: pause it by hand"
         else:
-            entry |= _act(control, pipeline.target)
+            entry |= _pause(control, pipeline.target, interrupted.get(pipeline.pipeline_id))
         results.append(entry)
     audit.record(r for r in results if r["outcome"] != "held")
     return pd.DataFrame(results, columns=list(RESULT_COLUMNS))
@@ -78,23 +83,41 @@ def resume_pipelines(incident: str, controls: Mapping[str, PipelineControl], aud
         if pause.outcome == "recorded" or control is None:
             entry |= {"outcome": "recorded", "reason": "no control configured: resume it by hand"}
         else:
-            entry |= _act(control, pause.target, restore=pause.state_before)
+            entry |= _restore(control, pause.target, pause.state_before)
         results.append(entry)
     audit.record(results)
     return pd.DataFrame(results, columns=list(RESULT_COLUMNS))
 
 
-def _act(control: PipelineControl, target: str, *, restore: str | None = None) -> dict:
-    """Pause (unless already paused) or restore one target; orchestrator errors become ``failed``."""
+def _pause(control: PipelineControl, target: str, interrupted: str | None) -> dict:
+    """Pause one target unless already paused; orchestrator errors become ``failed``.
+
+    The state is read (and kept in ``state_before``) before the pause is tried, because a
+    pause whose answer is lost may still have been applied. ``interrupted`` is the state
+    before such an earlier failed pause of this incident: a target found paused then is
+    this incident's pause, not someone else's.
+    """
     try:
-        if restore is not None:
-            control.restore(target, restore)
-            return {"outcome": "resumed"}
         before = control.state(target)
-        if before.startswith(PAUSED):
-            return {"outcome": "already_paused", "state_before": before,
-                    "reason": "paused before this incident; left as it is"}
-        control.pause(target)
-        return {"outcome": "paused", "state_before": before}
     except ControlError as exc:
         return {"outcome": "failed", "reason": str(exc)}
+    if before.startswith(PAUSED) and interrupted is not None:
+        return {"outcome": "paused", "state_before": interrupted,
+                "reason": "found paused after this incident's failed pause: its answer was lost"}
+    if before.startswith(PAUSED):
+        return {"outcome": "already_paused", "state_before": before,
+                "reason": "paused before this incident; left as it is"}
+    try:
+        control.pause(target)
+    except ControlError as exc:
+        return {"outcome": "failed", "state_before": before, "reason": str(exc)}
+    return {"outcome": "paused", "state_before": before}
+
+
+def _restore(control: PipelineControl, target: str, state: str) -> dict:
+    """Restore one target; orchestrator errors become ``failed``."""
+    try:
+        control.restore(target, state)
+    except ControlError as exc:
+        return {"outcome": "failed", "reason": str(exc)}
+    return {"outcome": "resumed"}
