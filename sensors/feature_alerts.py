@@ -3,9 +3,9 @@
 Watches two sources of alerts in the contract's ``feature_alerts`` shape: the
 lake's own table (optional) and the project's failed feature health checks,
 which the features assets write as Parquet files under storage
-(:data:`HEALTH_ALERTS_DIR`). Only what is new is read: Parquet files not seen
-before (a modification-time watermark plus the names just at it), or for a
-SQL lake the rows past a ``ts`` watermark. Alerts on features that share an
+(:data:`HEALTH_ALERTS_DIR`). Only what is new is read
+(:mod:`hawkeye_dagster.lake.tail`: Parquet files not read before, or for a
+SQL lake the rows past a ``ts`` watermark). Alerts on features that share an
 upstream node and fire close together become one incident (one ``incident``
 partition, one run of the upstream analysis and the incident report, keyed
 by the incident id so nothing runs twice); alerts that join an incident
@@ -22,23 +22,21 @@ from dataclasses import asdict, dataclass, field
 import dagster as dg
 import networkx as nx
 import pandas as pd
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader, related_groups
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
 from hawkeye_dagster.assets.partitions import incident_partitions, training_partition_partitions
 from hawkeye_dagster.contract import SEVERITIES, TABLES
-from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
-from hawkeye_dagster.lake.conform import conform
-from hawkeye_dagster.lake.location import filesystem_for
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.lake.parquet import ParquetLake
+from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.lake.tail import ITEM, TailCursor, unread_rows
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 
 ALERTS = TABLES["feature_alerts"]
-#: storage folder of the project's own failed feature health checks (Parquet, contract shape)
-HEALTH_ALERTS_DIR = "feature_alerts"
+#: storage folder of the project's own failed feature health checks (Parquet, contract shape):
+#: storage is read as a lake holding this one table
+HEALTH_ALERTS_DIR = ALERTS.name
 #: alerts below this severity are noted, not investigated
 MIN_SEVERITY = "warning"
 #: alerts on related features at most this far apart are one incident
@@ -48,8 +46,6 @@ BURST = pd.Timedelta(hours=6)
 INITIAL_LOOKBACK = pd.Timedelta(days=1)
 #: how far back the incident's triage window reaches from its last alert
 LOOKBACK = pd.Timedelta(days=7)
-#: a file may become visible up to this long after a newer one (slow writers)
-GRACE_NS = 10 * 60 * 10**9
 #: how long the lineage graph is reused between ticks
 GRAPH_TTL_S = 600
 INCIDENT_ASSETS = (dg.AssetKey("upstream_root_cause"), dg.AssetKey("incident_report"))
@@ -62,14 +58,11 @@ _graphs: dict[str, tuple[float, nx.DiGraph]] = {}
 
 @dataclass
 class AlertCursor:
-    """What the sensor has read: per Parquet source the newest mtime and the names at it,
-    the ``ts`` watermark of a SQL lake (with the rows read at it), and the incidents still
-    open to later alerts."""
+    """What the sensor has read, per alert source (``health``, ``lake``) a
+    :class:`~hawkeye_dagster.lake.tail.TailCursor`, and the incidents still open to later
+    alerts."""
 
-    files: dict[str, dict] = field(default_factory=dict)
-    sql_ts: str | None = None
-    #: digests of the SQL rows at ``sql_ts`` already read (the watermark is inclusive)
-    sql_seen: list[str] = field(default_factory=list)
+    tails: dict[str, dict] = field(default_factory=dict)
     open: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -79,39 +72,12 @@ class AlertCursor:
     def dump(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-
-def new_parquet_files(location: str, seen: dict) -> tuple[list[str], dict, pafs.FileSystem, str]:
-    """The ``*.parquet`` files under ``location`` not seen yet, and the new watermark.
-
-    ``seen`` is ``{"mtime_ns": newest mtime read, "names": files (relative to
-    ``location``) within :data:`GRACE_NS` of it}``; only directory metadata is
-    read, never old files.
-    Returns ``(new paths, new seen, filesystem, root path)``.
-    """
-    fs, root = filesystem_for(location)
-    infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True,
-                                                          allow_not_found=True))
-             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-             and not i.base_name.startswith((".", "_"))]
-    floor = seen.get("mtime_ns", -1) - GRACE_NS
-    known = set(seen.get("names", ()))
-    new = [i for i in infos if i.mtime_ns >= floor and i.path[len(root):] not in known]
-    newest = max([seen.get("mtime_ns", -1), *(i.mtime_ns for i in new)])
-    recent = sorted({i.path[len(root):] for i in infos if i.mtime_ns >= newest - GRACE_NS})
-    return sorted(i.path for i in new), {"mtime_ns": newest, "names": recent}, fs, root
-
-
-def read_alert_files(paths: list[str], fs: pafs.FileSystem, root: str) -> pd.DataFrame:
-    """Alert rows of these files (Hive partition folders under ``root`` become columns)."""
-    if not paths:
-        return pd.DataFrame(columns=list(ALERTS.column_names))
-    table = ds.dataset(paths, filesystem=fs, format="parquet", partitioning="hive",
-                       partition_base_dir=root).to_table()
-    missing = [c for c in ALERTS.column_names if c not in table.column_names]
-    if missing:
-        raise ContractError("column missing from alert files", table=ALERTS.name, file=root,
-                            column=missing[0])
-    return conform(table.select(list(ALERTS.column_names)), ALERTS, location=root).to_pandas()
+    def read_new(self, source: str, reader: TelemetryReader) -> pd.DataFrame:
+        """The alerts of ``reader`` not read before, moving this source's tail past them."""
+        tail = unread_rows(reader, ALERTS.name, TailCursor(**self.tails.get(source, {})),
+                           list(ALERTS.column_names))
+        self.tails[source] = asdict(tail.advance())
+        return tail.rows.drop(columns=ITEM)
 
 
 def lineage_graph_for(telemetry: TelemetrySource) -> nx.DiGraph:
@@ -133,7 +99,8 @@ def lineage_graph_for(telemetry: TelemetrySource) -> nx.DiGraph:
 def feature_alert_sensor(context: dg.SensorEvaluationContext, telemetry: TelemetrySource,
                          storage: HawkeyeStorage):
     cursor = AlertCursor.parse(context.cursor)
-    alerts = [_health_alerts(storage, cursor), _lake_alerts(telemetry, cursor)]
+    health = ParquetLake(str(storage.path(HEALTH_ALERTS_DIR).parent))
+    alerts = [cursor.read_new("health", health), cursor.read_new("lake", telemetry.reader())]
     alerts = pd.concat([a for a in alerts if len(a)] or [alerts[0]], ignore_index=True)
     if alerts.empty:
         return dg.SensorResult(skip_reason=dg.SkipReason("no new feature alerts"),
@@ -179,32 +146,6 @@ def feature_alert_sensor(context: dg.SensorEvaluationContext, telemetry: Telemet
         dynamic_partitions_requests=[incident_partitions.build_add_request(incidents)] + (
             [training_partition_partitions.build_add_request(sorted(set(partitions)))]
             if partitions else []))
-
-
-def _health_alerts(storage: HawkeyeStorage, cursor: AlertCursor) -> pd.DataFrame:
-    paths, cursor.files["health"], fs, root = new_parquet_files(
-        str(storage.path(HEALTH_ALERTS_DIR)), cursor.files.get("health", {}))
-    return read_alert_files(paths, fs, root)
-
-
-def _lake_alerts(telemetry: TelemetrySource, cursor: AlertCursor) -> pd.DataFrame:
-    if telemetry.lake:
-        paths, cursor.files["lake"], fs, root = new_parquet_files(
-            f"{telemetry.lake.rstrip('/')}/{ALERTS.name}", cursor.files.get("lake", {}))
-        return read_alert_files(paths, fs, root)
-    reader = telemetry.reader()
-    if not reader.has_table(ALERTS.name):
-        return pd.DataFrame(columns=list(ALERTS.column_names))
-    since = TimeRange.of(cursor.sql_ts) if cursor.sql_ts else None
-    rows = reader.read(ALERTS.name, time_range=since)
-    digest = pd.util.hash_pandas_object(rows[list(ALERTS.column_names)], index=False).astype(str)
-    rows = rows[~digest.isin(cursor.sql_seen)]
-    if len(rows):
-        newest = rows["ts"].max()
-        at_newest = digest[rows.index][rows["ts"] == newest].tolist()
-        cursor.sql_seen = (cursor.sql_seen if cursor.sql_ts == newest.isoformat() else []) + at_newest
-        cursor.sql_ts = newest.isoformat()
-    return rows
 
 
 def _fold_into_open(graph: nx.DiGraph, alerts: pd.DataFrame, open_incidents: list[dict],

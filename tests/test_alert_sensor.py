@@ -116,7 +116,8 @@ def test_later_alerts_join_an_open_incident_or_open_a_new_one(env):
               dg.AssetKey("incident_report") in r.asset_selection]
     assert len(opened) == 1 and opened[0].run_key not in {r.run_key for r in first.run_requests}
     assert len(instance.get_dynamic_partitions(incident_partitions.name)) == 2
-    assert AlertCursor.parse(later.cursor).files["lake"]["names"]   # files near the watermark
+    assert AlertCursor.parse(later.cursor).tails["lake"]["recent"] == [  # near the watermark
+        "a.parquet", "b.parquet", "c.parquet"]
 
 
 def test_failed_health_checks_under_storage_are_alerts_too(env):
@@ -169,7 +170,8 @@ def test_a_sql_lake_is_read_past_a_ts_watermark(lake, tmp_path):
     with dg.instance_for_test() as instance:
         first = _tick(defs, instance)
         assert len(first.run_requests) == 1
-        assert AlertCursor.parse(first.cursor).sql_ts == "2026-10-11T07:00:00+00:00"
+        watermark = AlertCursor.parse(first.cursor).tails["lake"]["mark"]
+        assert watermark == utc("2026-10-11 07:00").value
         again = _tick(defs, instance, first.cursor)        # the row at the watermark: seen
         assert not again.run_requests and "no new feature alerts" in again.skip_reason.skip_message
 

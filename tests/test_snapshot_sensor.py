@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hawkeye_dagster.lake.tail import TailCursor
 from hawkeye_dagster.resources import TelemetrySource
 from hawkeye_dagster.sensors.snapshots import (
-    MAX_PER_TICK, SnapshotCursor, snapshot_publication_sensor, training_partition_sensor)
+    MAX_PER_TICK, snapshot_publication_sensor, training_partition_sensor)
 from lake_factory import DATASETS, RANKER, START, TRAIN_PARTITIONS, postgres_schema, write_lake
 
 
@@ -84,18 +86,33 @@ def test_a_new_snapshot_is_diagnosed_once(ticker, lake):
     assert ticker.launched == ["ranker@2", "ranker@3"]
 
 
+def test_a_late_file_older_than_one_read_is_still_read(ticker, lake):
+    """A slow publisher's file can become visible after a newer one was read: it has an
+    older modification time and an earlier name, and must not be missed."""
+    ticker.tick()
+    append_snapshots(lake, "z-fast", ["ranker@4"], START + pd.Timedelta("2D"))
+    ticker.tick()
+    append_snapshots(lake, "a-slow", ["ranker@3"], START + pd.Timedelta("2D"))
+    newer = (lake / "snapshots" / "z-fast.parquet").stat().st_mtime_ns
+    os.utime(lake / "snapshots" / "a-slow.parquet", ns=(newer - 60 * 10**9,) * 2)
+    ticker.tick()
+    ticker.tick()
+    assert ticker.launched == ["ranker@2", "ranker@4", "ranker@3"]
+
+
 def test_a_burst_is_spread_over_ticks(ticker, lake):
     ticker.tick()
     burst = [f"ranker@burst-{i:02d}" for i in range(2 * MAX_PER_TICK + 5)]
     append_snapshots(lake, "burst", burst, START + pd.Timedelta("3D"))
-    sizes = []
+    sizes, read = [], []
     for _ in range(4):
         before = len(ticker.launched)
         ticker.tick()
         sizes.append(len(ticker.launched) - before)
+        read.append("burst.parquet" in TailCursor.load(ticker.cursor).recent)
     assert sizes == [MAX_PER_TICK, MAX_PER_TICK, 5, 0]
+    assert read == [False, False, True, True]  # the file counts as read once all of it is taken
     assert sorted(ticker.launched[1:]) == burst
-    assert SnapshotCursor.load(ticker.cursor).watermark == START + pd.Timedelta("3D")
 
 
 def test_ids_dagster_cannot_key_are_skipped_not_fatal(ticker, lake):
@@ -107,10 +124,9 @@ def test_ids_dagster_cannot_key_are_skipped_not_fatal(ticker, lake):
 
 
 def test_cursor_round_trip():
-    cursor = SnapshotCursor({"/lake/snapshots/a b.parquet", "/lake/snapshots/ü.parquet"},
-                            pd.Timestamp("2026-03-01T05:00", tz="UTC"))
-    assert SnapshotCursor.load(cursor.dump()) == cursor
-    assert SnapshotCursor.load(None) == SnapshotCursor()
+    cursor = TailCursor(1_772_341_200_000_000_000, ["a b.parquet", "model_id=ü/x.parquet"])
+    assert TailCursor.load(cursor.dump()) == cursor
+    assert TailCursor.load(None) == TailCursor()
 
 
 def test_training_partitions_follow_the_runs(ticker):
