@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 from hawkeye_dagster.errors import ContractError, HawkeyeError, UnknownIdError
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster flags APIs it calls beta/preview on every load; they are noise on a terminal.
+    warnings.filterwarnings("ignore", message=r".*currently in (beta|preview)")
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "segment", None) and not getattr(args, "product", None):

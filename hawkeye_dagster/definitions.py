@@ -11,13 +11,21 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from hawkeye_dagster.assets import lineage, mitigation, snapshots, telemetry, training
+from hawkeye_dagster.assets import (
+    features,
+    lineage,
+    mitigation,
+    snapshots,
+    telemetry,
+    training,
+    triage,
+)
 from hawkeye_dagster.resources import default_resources
-from hawkeye_dagster.sensors import feature_alerts, models
+from hawkeye_dagster.sensors import feature_alerts, models, topline
 from hawkeye_dagster.sensors import snapshots as snapshot_sensors
 
-DOMAINS = [telemetry, models, lineage, feature_alerts, mitigation, snapshots, training,
-           snapshot_sensors]
+DOMAINS = [telemetry, models, features, lineage, feature_alerts, mitigation, snapshots, training,
+           snapshot_sensors, triage, topline]
 
 
 def build_defs(resources: Mapping[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:

@@ -1,0 +1,396 @@
+"""Feature monitoring and isolation as assets: thin wiring over the features analyses.
+
+- ``feature_reference`` (per model): bin edges and hourly statistics of a
+  reference window, and the health limits learned from it;
+- ``feature_stats`` (per day and model, one run per backfilled range): hourly
+  statistics of the features and predictions, with the feature health checks
+  (Great Expectations) as asset checks; failed checks become alerts in the
+  contract's ``feature_alerts`` shape under ``feature_alerts/`` in storage,
+  where the feature alert sensor picks them up;
+- ``feature_drift`` (per day and model): drift of every feature and of the
+  predictions against the reference, from the stored statistics only;
+- ``feature_importance`` (per snapshot): ablation importance change against
+  the previous operationally stable snapshot;
+- ``feature_ranking`` (per model): the features that explain a prediction
+  anomaly in a configurable window.
+
+Outputs go to storage under ``features/<model>/`` (importance: with the
+snapshot's other diagnoses under ``snapshots/<snapshot>/``). Heavy imports
+(torch, scipy, Great Expectations, matplotlib) happen inside the assets only.
+"""
+
+import base64
+
+import dagster as dg
+import pandas as pd
+
+from hawkeye_dagster.assets.partitions import (model_day_partitions, model_partitions,
+                                               snapshot_partitions)
+from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.sensors.feature_alerts import HEALTH_ALERTS_DIR
+
+GROUP = "features"
+OWNERS = ["team:ml-features"]
+STORE = "features"
+SNAPSHOT_STORE = "snapshots"
+CHECK_DESCRIPTIONS = {
+    "missing_values": "Hourly null/NaN and infinite fractions within the per-feature limits "
+                      "learned from the reference window.",
+    "value_range": "Hourly 1st/99th percentiles within the reference range and hourly means "
+                   "within the allowed distance from the reference mean.",
+    "drift": "Hourly PSI and normalized Wasserstein distance against the reference within "
+             "their limits.",
+}
+_DAY = pd.Timedelta("1D")
+_BY_MODEL = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
+
+
+def _all(table: str) -> dg.AssetDep:
+    return dg.AssetDep(telemetry_key(table), partition_mapping=dg.AllPartitionMapping())
+
+
+def _table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
+    """A frame's first rows as markdown (numbers to 4 significant digits)."""
+    shown = frame.head(limit).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+    return dg.MetadataValue.md(shown.to_markdown(index=False) if len(shown) else "_none_")
+
+
+def _image(storage: HawkeyeStorage, png: bytes, *parts: str) -> dg.MetadataValue:
+    """Save a PNG under storage and show it embedded in markdown."""
+    storage.write_bytes(png, *parts)
+    return dg.MetadataValue.md(f"![{parts[-1]}](data:image/png;base64,"
+                               f"{base64.b64encode(png).decode()})")
+
+
+def _served_dates(reader: TelemetryReader, model_id: str) -> list[str]:
+    rows = reader.read("serving_samples", columns=["date"], equals={"model_id": model_id})
+    return sorted(rows["date"].unique())
+
+
+def _reference(storage: HawkeyeStorage, model_id: str):
+    from hawkeye_dagster.analysis.feature_stats import ReferenceProfile
+
+    if not storage.exists(STORE, model_id, "reference.parquet"):
+        raise dg.Failure(f"no reference for model {model_id!r}: materialize its "
+                         "feature_reference partition first")
+    return ReferenceProfile.from_frame(storage.read_parquet(STORE, model_id, "reference.parquet"))
+
+
+def _day_and_model(key: str) -> tuple[pd.Timestamp, str]:
+    keys = model_day_partitions.get_partition_key_from_str(key).keys_by_dimension
+    return pd.Timestamp(keys["date"], tz="UTC"), keys["model"]
+
+
+# --- reference --------------------------------------------------------------------------------
+
+class ReferenceConfig(dg.Config):
+    """The reference window of a model: normal operation that drift and health are judged by."""
+
+    start: str | None = None
+    """First UTC day (``YYYY-MM-DD``); default: the model's first served day."""
+    days: int = 7
+    """Length of the window in days."""
+    n_bins: int = 30
+    """Equal-frequency histogram bins per feature."""
+    limits: dict[str, dict[str, float]] = {}
+    """Health limits to set by hand, per feature: ``{"age": {"null_fraction_max": 0.3}}``
+    (names as in ``thresholds.parquet``); the others are learned from the window."""
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"pandas", "parquet"},
+    partitions_def=model_partitions,
+    deps=[_all("serving_samples"), telemetry_key("model_features")],
+    description="Per model: bin edges (reference quantiles) and hourly statistics of the "
+                "reference window, stored once so drift never re-reads it, and the per-feature "
+                "health limits learned from it.",
+)
+def feature_reference(context: dg.AssetExecutionContext, config: ReferenceConfig,
+                      telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.feature_health import learn_thresholds
+    from hawkeye_dagster.analysis.serving_stats import lake_reference
+
+    model_id = context.partition_key
+    reader = telemetry.reader()
+    dates = _served_dates(reader, model_id)
+    if not dates and config.start is None:
+        raise dg.Failure(f"model {model_id!r} has no serving samples")
+    start = pd.Timestamp(config.start or dates[0], tz="UTC")
+    window = TimeRange(start, start + config.days * _DAY)
+    profile = lake_reference(reader, model_id, window, n_bins=config.n_bins)
+    if profile is None:
+        raise dg.Failure(f"model {model_id!r} has no serving samples from {start:%Y-%m-%d} "
+                         f"for {config.days} days")
+    features = [c for c in profile.columns if c != "prediction"]
+    thresholds = learn_thresholds(profile, features, overrides=config.limits)
+    storage.write_parquet(profile.to_frame(), STORE, model_id, "reference.parquet")
+    storage.write_parquet(thresholds.reset_index(), STORE, model_id, "thresholds.parquet")
+    pooled = profile.stats.pooled()
+    summary = pd.DataFrame({"column": profile.columns, "rows": pooled.count,
+                            "null_fraction": pooled.n_null / pooled.count,
+                            "mean": pooled.mean, "std": pooled.std})
+    return dg.MaterializeResult(metadata={
+        "window": f"{window.start:%Y-%m-%d} to {window.end:%Y-%m-%d}",
+        "hours": len(profile.stats.hours), "features": len(features),
+        "rows": int(pooled.count.max()),
+        "columns": _table(summary, 50),
+        "limits": _table(thresholds.reset_index()[
+            ["column", "null_fraction_max", "value_min", "value_max", "psi_max",
+             "wasserstein_norm_max"]], 50),
+    })
+
+
+# --- daily statistics, health checks and drift ------------------------------------------------
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"numpy", "parquet"},
+    partitions_def=model_day_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[dg.AssetDep("feature_reference", partition_mapping=_BY_MODEL),
+          telemetry_key("serving_samples"), telemetry_key("model_features")],
+    check_specs=[dg.AssetCheckSpec(name, asset="feature_stats", description=text)
+                 for name, text in CHECK_DESCRIPTIONS.items()],
+    automation_condition=dg.AutomationCondition.on_cron("5 * * * *"),
+    description="Per day and model: hourly count, null/NaN/inf fractions, mean, std, min/max, "
+                "quantiles and reference-bin histogram of every feature and of the predictions "
+                "(vectorized over features and hours). Health checks run on it; failures are "
+                "written as feature alerts.",
+)
+def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                  storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.drift import drift_table
+    from hawkeye_dagster.analysis.feature_health import CHECKS, check_frame
+    from hawkeye_dagster.analysis.feature_plots import shifted_features_plot
+    from hawkeye_dagster.analysis.feature_stats import PREDICTION, hourly_stats
+    from hawkeye_dagster.analysis.serving_stats import model_features
+
+    reader = telemetry.reader()
+    done, frames, shifted, references = [], [], None, {}
+    for key in context.partition_keys:
+        day, model_id = _day_and_model(key)
+        if model_id not in references:
+            references[model_id] = (_reference(storage, model_id), model_features(reader, model_id),
+                                    storage.read_parquet(STORE, model_id, "thresholds.parquet"))
+        reference, features, thresholds = references[model_id]
+        columns = [*features, PREDICTION]
+        rows = reader.serving_samples(model_id, TimeRange(day, day + _DAY),
+                                      columns=["ts", *columns])
+        if rows.empty:
+            context.log.info(f"{model_id} served nothing on {day:%Y-%m-%d}")
+            continue
+        stats = hourly_stats(rows, columns, reference.edges_for(columns))
+        storage.write_parquet(stats.to_frame(), STORE, model_id, "stats", f"{day:%Y-%m-%d}.parquet")
+        frames.append((model_id, day,
+                       check_frame(stats, reference, thresholds.set_index("column"))))
+        done.append((model_id, day, len(rows)))
+        drift = drift_table(stats, reference)
+        if shifted is None or drift["psi"].max() > shifted[2]["psi"].max():
+            shifted = (stats, reference, drift, model_id, day)
+
+    success, alerts = _health(frames, storage)
+    checks = [
+        dg.AssetCheckResult(
+            check_name=group, severity=dg.AssetCheckSeverity.WARN,
+            passed=all(success[c.name] for c in CHECKS if c.group == group),
+            metadata={"alerts": _table(alerts.loc[alerts["alert_type"].isin(
+                [c.name for c in CHECKS if c.group == group]),
+                ["model_id", "feature_name", "alert_type", "severity", "ts"]])})
+        for group in CHECK_DESCRIPTIONS
+    ]
+    metadata = {
+        "partitions": len(done),
+        "rows": sum(n for *_, n in done),
+        "alerts": len(alerts),
+    }
+    if shifted is not None:
+        stats, reference, drift, model_id, day = shifted
+        name = f"shifted-{model_id}-{day:%Y-%m-%d}.png"
+        metadata["most_shifted"] = _image(storage, shifted_features_plot(stats, reference, drift),
+                                          STORE, model_id, "plots", name)
+        metadata["drift"] = _table(drift.sort_values("psi", ascending=False)[
+            ["column", "psi", "js_distance", "ks_statistic", "wasserstein_norm"]], 10)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _health(frames: list[tuple[str, pd.Timestamp, pd.DataFrame]],
+            storage: HawkeyeStorage) -> tuple[dict[str, bool], pd.DataFrame]:
+    """Run the health checks on the check frames of (model, day) partitions in one validation;
+    write each partition's alerts where the feature alert sensor reads them."""
+    from hawkeye_dagster.analysis.feature_expectations import run_expectations
+    from hawkeye_dagster.analysis.feature_health import (CHECKS, alerts_from_failures,
+                                                         empty_alerts)
+
+    if not frames:
+        return {c.name: True for c in CHECKS}, empty_alerts().assign(model_id=pd.Series(dtype=str))
+    everything = pd.concat([f.assign(model_id=m) for m, _, f in frames], ignore_index=True)
+    success, failed = run_expectations(everything, index=["model_id", "hour", "column"])
+    alerts = []
+    for model_id, day, frame in frames:
+        mine = failed[(failed["model_id"] == model_id)
+                      & (failed["hour"].dt.floor("D") == day)].drop(columns="model_id")
+        found = alerts_from_failures(frame, mine)
+        storage.write_parquet(found, HEALTH_ALERTS_DIR, f"model_id={model_id}",
+                              f"date={day:%Y-%m-%d}", "alerts.parquet")
+        alerts.append(found.assign(model_id=model_id))
+    return success, pd.concat(alerts, ignore_index=True)
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"numpy", "parquet"},
+    partitions_def=model_day_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["feature_stats", dg.AssetDep("feature_reference", partition_mapping=_BY_MODEL)],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Per day and model: PSI, Jensen-Shannon distance, Kolmogorov-Smirnov statistic "
+                "and normalized Wasserstein distance (Evidently's definitions) of every feature "
+                "and of the predictions against the reference, per day and per hour, from the "
+                "stored histograms (never the raw rows).",
+)
+def feature_drift(context: dg.AssetExecutionContext,
+                  storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.drift import THRESHOLDS, drift_table
+    from hawkeye_dagster.analysis.feature_stats import FeatureStats
+
+    daily = []
+    for key in context.partition_keys:
+        day, model_id = _day_and_model(key)
+        name = f"{day:%Y-%m-%d}.parquet"
+        if not storage.exists(STORE, model_id, "stats", name):
+            continue
+        stats = FeatureStats.from_frame(storage.read_parquet(STORE, model_id, "stats", name))
+        reference = _reference(storage, model_id)
+        drift = drift_table(stats, reference)
+        storage.write_parquet(drift, STORE, model_id, "drift", name)
+        storage.write_parquet(drift_table(stats, reference, by_hour=True), STORE, model_id,
+                              "drift_hourly", name)
+        daily.append(drift.assign(model_id=model_id, date=f"{day:%Y-%m-%d}"))
+    if not daily:
+        return dg.MaterializeResult(metadata={"partitions": 0})
+    daily = pd.concat(daily, ignore_index=True)
+    drifted = daily[daily["wasserstein_norm"] >= THRESHOLDS["wasserstein_norm"]]
+    return dg.MaterializeResult(metadata={
+        "partitions": int(daily[["model_id", "date"]].drop_duplicates().shape[0]),
+        "drifted_columns": len(drifted),
+        "most_drifted": _table(daily.sort_values("psi", ascending=False)[
+            ["model_id", "date", "column", "psi", "js_distance", "ks_statistic",
+             "wasserstein_norm"]]),
+    })
+
+
+# --- importance change per snapshot -----------------------------------------------------------
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"pytorch", "parquet"},
+    partitions_def=snapshot_partitions,
+    deps=["snapshot_baseline", _all("serving_samples")],
+    description="Ablation importance of every feature under the snapshot and under its "
+                "latest operationally stable predecessor on the same recent served rows "
+                "(features replaced by their mean), with a bootstrap over rows: the features "
+                "whose importance changed significantly.",
+)
+def feature_importance(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
+                       storage: HawkeyeStorage) -> dg.MaterializeResult:
+    import numpy as np
+    import torch
+
+    from hawkeye_dagster.analysis.ablation import ablation_attributions, importance_change
+    from hawkeye_dagster.analysis.feature_plots import importance_plot
+    from hawkeye_dagster.assets.snapshots import served_inputs
+    from hawkeye_dagster.snapshot_io import load_artifact
+
+    sid = context.partition_key
+    reader = telemetry.reader()
+    base = storage.read_json(SNAPSHOT_STORE, sid, "baseline.json")
+    if not base["stable"]:
+        return dg.MaterializeResult(metadata={"skipped": "no stable snapshot to compare with"})
+    rows = served_inputs(reader, base["model_id"], base["features"],
+                         pd.Timestamp(base["published_at"]))
+    if rows.empty:
+        return dg.MaterializeResult(metadata={"skipped": "no served inputs for the model"})
+    x = torch.tensor(rows[base["features"]].to_numpy(np.float32, na_value=np.nan))
+    baselines = torch.nan_to_num(x.nanmean(dim=0))
+    previous = base["stable"][-1]
+    snapshots = ((sid, base["artifact"]), (previous["snapshot_id"], previous["artifact"]))
+    attributions = [
+        ablation_attributions(load_artifact(reader, artifact, snapshot_id=s).module(), x, baselines)
+        for s, artifact in snapshots
+    ]
+    table = importance_change(*attributions, base["features"])
+    storage.write_parquet(table, SNAPSHOT_STORE, sid, "importance.parquet")
+    return dg.MaterializeResult(metadata={
+        "reference": previous["snapshot_id"], "rows": len(rows),
+        "significant": int(table["significant"].sum()),
+        "changes": _table(table[["feature", "ratio", "ratio_low", "ratio_high", "p_value",
+                                 "significant"]]),
+        "plot": _image(storage, importance_plot(table), SNAPSHOT_STORE, sid, "importance.png"),
+    })
+
+
+# --- the ranked feature list ------------------------------------------------------------------
+
+class RankingConfig(dg.Config):
+    """The anomaly window to explain."""
+
+    onset: str | None = None
+    """Start of the anomaly (ISO timestamp); default: a day before ``end``."""
+    end: str | None = None
+    """End of the anomaly; default: the end of the model's last served hour."""
+    baseline_days: int = 7
+    """Normal operation before the onset that the window is compared with."""
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"pytorch", "parquet"},
+    partitions_def=model_partitions,
+    deps=[_all("serving_samples"), telemetry_key("model_features"), telemetry_key("snapshots"),
+          telemetry_key("experiments")],
+    description="The features that explain the model's prediction anomaly, ranked: features "
+                "whose hourly distribution shifted with the predictions, the share of the "
+                "prediction shift their new values account for (ablation), and importance "
+                "changes against the previous stable snapshot; or that none does.",
+)
+def feature_ranking(context: dg.AssetExecutionContext, config: RankingConfig,
+                    telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis.feature_plots import ranking_plot
+    from hawkeye_dagster.analysis.feature_ranking import rank_features
+
+    model_id = context.partition_key
+    reader = telemetry.reader()
+    if config.end:
+        end = pd.Timestamp(config.end)
+    else:
+        dates = _served_dates(reader, model_id)
+        if not dates:
+            raise dg.Failure(f"model {model_id!r} has no serving samples")
+        last = pd.Timestamp(dates[-1], tz="UTC")
+        served = reader.serving_samples(model_id, TimeRange(last, last + _DAY), columns=["ts"])
+        end = served["ts"].max().floor("h") + pd.Timedelta("1h")
+    onset = pd.Timestamp(config.onset) if config.onset else end - _DAY
+    ranking = rank_features(reader, model_id, onset=onset, end=end,
+                            window=TimeRange(onset - config.baseline_days * _DAY, end))
+    storage.write_parquet(ranking.astype({"onset": "datetime64[us, UTC]"}), STORE, model_id,
+                          "ranking.parquet")
+    significant = ranking[ranking["significant"]]
+    metadata = {
+        "window": f"{onset:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
+        "explained": ranking.attrs["explained"],
+        "summary": ranking.attrs["summary"],
+        "significant": len(significant),
+        "ranking": _table(ranking[["feature", "score", "p_value", "significant", "reasons"]]),
+    }
+    if len(ranking):
+        metadata["plot"] = _image(storage, ranking_plot(ranking), STORE, model_id, "ranking.png")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+feature_monitoring_job = dg.define_asset_job(
+    "feature_monitoring", selection=["feature_stats", "feature_drift"],
+    partitions_def=model_day_partitions,
+    description="Statistics, health checks and drift of a model's day (backfill any range).")
+
+defs = dg.Definitions(
+    assets=[feature_reference, feature_stats, feature_drift, feature_importance, feature_ranking],
+    jobs=[feature_monitoring_job],
+)

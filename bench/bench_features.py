@@ -1,0 +1,233 @@
+"""Features benchmarks: statistics + drift vs Evidently, ablation vs Captum, a scaling curve.
+
+- ``feature_drift_vs_evidently``: hourly statistics and drift of a day
+  partition (full: 1M rows x 200 float32 features) against Evidently's
+  ``DataDriftPreset`` on the same reference and current data (its default
+  column test for numeric columns of more than 1000 rows is the normalized
+  Wasserstein distance; we compute PSI, Jensen-Shannon, KS and Wasserstein for
+  every column, plus the statistics). The reference profile is built once,
+  beforehand (that is the design: drift never re-reads the reference); its
+  time is reported in ``params``. Evidently runs in its own virtual
+  environment (``bench/.work/evidently-venv``, created if missing: it needs
+  pandas < 3) as a subprocess that times only its report computation, over
+  column chunks so its memory stays bounded (the per-column tests are
+  independent). Our peak memory (tracemalloc, numpy included) is reported
+  against the partition's in-memory size; our time is the best of three
+  (full run), Evidently's a single run (it takes tens of minutes).
+- ``ablation_vs_captum_default`` / ``ablation_vs_captum_best``: ablation
+  attributions of 200 features over 10,000 rows of an exported MLP against
+  Captum's ``FeatureAblation`` with ``perturbations_per_eval=1`` and with its
+  fastest setting, one thread each, both warmed up, best of two (full run);
+  the maximum difference of the attributions is reported.
+- ``feature_stats_scaling rows=R features=F``: our time against rows and
+  features (no reference tool: ``ratio`` is empty).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hawkeye_dagster.analysis.ablation import ablation_attributions
+from hawkeye_dagster.analysis.drift import drift_table
+from hawkeye_dagster.analysis.feature_stats import hourly_stats, reference_profile
+
+WORK = Path(__file__).resolve().parent / ".work"
+EVIDENTLY_VENV = WORK / "evidently-venv"
+DAY = pd.Timestamp("2026-03-04", tz="UTC")
+EVIDENTLY_CHUNK = 20
+
+_EVIDENTLY_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    reference = pd.read_parquet(sys.argv[1])
+    current = pd.read_parquet(sys.argv[2])
+    chunk = int(sys.argv[3])
+    columns = [c for c in current.columns if c != "ts"]
+    seconds, drifted = 0.0, 0
+    for i in range(0, len(columns), chunk):
+        part = columns[i:i + chunk]
+        definition = DataDefinition(numerical_columns=part)
+        cur = Dataset.from_pandas(current[part], data_definition=definition)
+        ref = Dataset.from_pandas(reference[part], data_definition=definition)
+        started = time.perf_counter()
+        result = Report([DataDriftPreset()]).run(cur, ref).dict()
+        seconds += time.perf_counter() - started
+        drifted += int(result["metrics"][0]["value"]["count"])
+    print(json.dumps({"seconds": seconds, "drifted": drifted}))
+""")
+
+
+def _day(rows: int, features: int, seed: int, day: int = 0, shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((rows, features), dtype=np.float32)
+    values[:, : features // 10] += np.float32(shift)  # a tenth of the features drift
+    frame = pd.DataFrame(values, columns=[f"f{i}" for i in range(features)], copy=False)
+    seconds = np.sort(rng.integers(0, 86400, rows))
+    frame.insert(0, "ts", DAY + pd.Timedelta(days=day) + pd.to_timedelta(seconds, unit="s"))
+    return frame
+
+
+def _evidently_python() -> Path:
+    python = EVIDENTLY_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(EVIDENTLY_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "evidently", "pandas<3"],
+                       check=True)
+    return python
+
+
+def _evidently_seconds(reference: pd.DataFrame, current: pd.DataFrame) -> dict:
+    WORK.mkdir(exist_ok=True)
+    ref_path, cur_path = WORK / "drift_reference.parquet", WORK / "drift_current.parquet"
+    reference.drop(columns="ts").to_parquet(ref_path)
+    current.drop(columns="ts").to_parquet(cur_path)
+    try:
+        out = subprocess.run([str(_evidently_python()), "-c", _EVIDENTLY_SCRIPT, str(ref_path),
+                              str(cur_path), str(EVIDENTLY_CHUNK)],
+                             check=True, capture_output=True, text=True)
+    finally:
+        ref_path.unlink(missing_ok=True)
+        cur_path.unlink(missing_ok=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _timed(fn, repeats: int):
+    """The result of ``fn()`` and its best time over ``repeats`` calls."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - started)
+    return result, best
+
+
+def _ours(current: pd.DataFrame, reference, columns: list[str],
+          repeats: int = 1) -> tuple[float, int, pd.DataFrame]:
+    """Best seconds and peak extra bytes of statistics + daily and hourly drift of a partition."""
+    def once() -> pd.DataFrame:
+        stats = hourly_stats(current, columns, reference.edges)
+        drift_table(stats, reference, by_hour=True)
+        return drift_table(stats, reference)
+
+    tracemalloc.start()
+    drift = once()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()  # tracing slows allocation down: the timed calls run without it
+    _, seconds = _timed(once, repeats)
+    return seconds, peak, drift
+
+
+def drift_vs_evidently(rows: int, features: int, repeats: int) -> dict:
+    reference_frame = _day(rows, features, seed=1)
+    columns = [c for c in reference_frame.columns if c != "ts"]
+    started = time.perf_counter()
+    reference = reference_profile(reference_frame, columns)
+    reference_s = time.perf_counter() - started
+    current = _day(rows, features, seed=2, day=1, shift=0.2)
+    seconds, peak, drift = _ours(current, reference, columns, repeats)
+    size = current.memory_usage(deep=True).sum()
+    evidently = _evidently_seconds(reference_frame, current)
+    return {
+        "name": "feature_drift_vs_evidently", "project_s": seconds,
+        "reference": "Evidently DataDriftPreset", "reference_s": evidently["seconds"],
+        "ratio": evidently["seconds"] / seconds,
+        "params": {"rows": rows, "features": features, "reference_profile_s": reference_s,
+                   "peak_memory_x_partition": (size + peak) / size,
+                   "partition_mb": size / 1e6,
+                   "drifted_ours_wasserstein": int((drift["wasserstein_norm"] >= 0.1).sum()),
+                   "drifted_evidently": evidently["drifted"],
+                   "evidently_column_chunks": EVIDENTLY_CHUNK, "ours_best_of": repeats},
+    }
+
+
+def _mlp(features: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(features, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1),
+                              torch.nn.Sigmoid())
+    batch = torch.export.Dim("batch")
+    return torch.export.export(net, (torch.zeros(4, features),),
+                               dynamic_shapes=({0: batch},)).module()
+
+
+def ablation_vs_captum(rows: int, features: int, per_eval: tuple[int, ...],
+                       repeats: int) -> list[dict]:
+    from captum.attr import FeatureAblation
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _mlp(features)
+        x = torch.randn(rows, features, generator=torch.Generator().manual_seed(1))
+        baselines = x.mean(dim=0)
+        captum = FeatureAblation(lambda t: model(t).reshape(-1))
+        # warm both up (first calls pay one-time costs)
+        ablation_attributions(model, x[:50], baselines)
+        captum.attribute(x[:50], baselines=baselines[None])
+        ours, project_s = _timed(lambda: ablation_attributions(model, x, baselines), repeats)
+        timings, difference = {}, 0.0
+        for k in per_eval:
+            theirs, timings[k] = _timed(lambda: captum.attribute(  # noqa: B023 (called at once)
+                x, baselines=baselines[None], perturbations_per_eval=k), repeats)
+            difference = max(difference, float((ours - theirs).abs().max()))
+    finally:
+        torch.set_num_threads(threads)
+    best = min(timings, key=timings.get)
+    params = {"rows": rows, "features": features, "max_abs_difference": difference,
+              "threads": 1, "best_of": repeats}
+    return [
+        {"name": "ablation_vs_captum_default", "project_s": project_s,
+         "reference": "Captum FeatureAblation (perturbations_per_eval=1)",
+         "reference_s": timings[1], "ratio": timings[1] / project_s, "params": params},
+        {"name": "ablation_vs_captum_best", "project_s": project_s,
+         "reference": f"Captum FeatureAblation (perturbations_per_eval={best}, fastest of "
+                      f"{', '.join(map(str, per_eval))})",
+         "reference_s": timings[best], "ratio": timings[best] / project_s,
+         "params": params | {"perturbations_per_eval": best}},
+    ]
+
+
+def scaling(sizes: list[tuple[int, int]]) -> list[dict]:
+    results = []
+    for rows, features in sizes:
+        reference_frame = _day(min(rows, 100_000), features, seed=3)
+        columns = [c for c in reference_frame.columns if c != "ts"]
+        reference = reference_profile(reference_frame, columns)
+        current = _day(rows, features, seed=4, day=1, shift=0.1)
+        seconds, peak, _ = _ours(current, reference, columns)
+        results.append({
+            "name": f"feature_stats_scaling rows={rows} features={features}", "project_s": seconds,
+            "reference": None, "reference_s": None, "ratio": None,
+            "params": {"rows": rows, "features": features,
+                       "ns_per_value": seconds / (rows * features) * 1e9,
+                       "peak_extra_mb": peak / 1e6},
+        })
+    return results
+
+
+def run(quick: bool) -> list[dict]:
+    if quick:
+        return [
+            drift_vs_evidently(100_000, 20, repeats=1),
+            *ablation_vs_captum(2_000, 200, (1, 16, 64), repeats=1),
+            *scaling([(10_000, 10), (100_000, 10), (10_000, 100)]),
+        ]
+    return [
+        drift_vs_evidently(1_000_000, 200, repeats=3),
+        *ablation_vs_captum(10_000, 200, (1, 4, 16, 64, 200), repeats=2),
+        *scaling([(10_000, 50), (100_000, 50), (1_000_000, 50),
+                  (100_000, 10), (100_000, 100), (100_000, 1000)]),
+    ]

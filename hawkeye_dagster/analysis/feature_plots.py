@@ -1,0 +1,72 @@
+"""Pictures of the features analyses for the UI, as PNG bytes (matplotlib, no global state)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hawkeye_dagster.analysis.feature_stats import FeatureStats, ReferenceProfile
+
+
+def shifted_features_plot(current: FeatureStats, reference: ReferenceProfile,
+                          drift: pd.DataFrame, top: int = 6) -> bytes:
+    """Reference vs current share of values per bin for the ``top`` columns by PSI.
+
+    ``drift`` is :func:`~hawkeye_dagster.analysis.drift.drift_table` of ``current``.
+    """
+    shown = drift.sort_values("psi", ascending=False).head(top)
+    cur = current.select(columns=shown["column"]).pooled()
+    ref = reference.stats.select(columns=shown["column"]).pooled()
+    figure = Figure(figsize=(10, 1.8 * max(len(shown), 1)))
+    for i, (column, psi) in enumerate(zip(shown["column"], shown["psi"])):
+        axes = figure.add_subplot(max(len(shown), 1), 1, i + 1)
+        bins = np.arange(ref.hist_count.shape[1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for offset, pooled, label in ((-0.2, ref, "reference"), (0.2, cur, "current")):
+                counts = pooled.hist_count[i]
+                axes.bar(bins + offset, counts / counts.sum(), 0.4, label=label)
+        axes.set_title(f"{column}: PSI {psi:.3g}", fontsize=9, loc="left")
+        axes.set_xticks([])
+        axes.legend(fontsize=7, loc="upper right")
+    axes.set_xlabel("reference bins (equal-frequency)")
+    return _png(figure)
+
+
+def ranking_plot(ranking: pd.DataFrame, top: int = 15) -> bytes:
+    """Scores of the ``top`` ranked features, significant ones highlighted."""
+    shown = ranking.head(top).iloc[::-1]
+    figure = Figure(figsize=(8, 0.35 * max(len(shown), 2) + 1))
+    axes = figure.add_subplot()
+    colors = np.where(shown["significant"], "tab:red", "tab:gray")
+    axes.barh(shown["feature"].astype(str), shown["score"], color=colors)
+    axes.set_xlabel("share of the explained prediction shift (red: significant)")
+    return _png(figure)
+
+
+def importance_plot(table: pd.DataFrame, top: int = 15) -> bytes:
+    """Importance ratio (log scale) with its bootstrap interval for the ``top`` changed features."""
+    shown = table.head(top).iloc[::-1]
+    figure = Figure(figsize=(8, 0.35 * max(len(shown), 2) + 1))
+    axes = figure.add_subplot()
+    y = np.arange(len(shown))
+    ratio = shown["ratio"].to_numpy(float)
+    error = np.abs(np.vstack([ratio - shown["ratio_low"], shown["ratio_high"] - ratio]))
+    axes.errorbar(ratio, y, xerr=np.nan_to_num(error), fmt="o",
+                  color="tab:gray", ecolor="tab:gray")
+    axes.scatter(ratio[shown["significant"].to_numpy()], y[shown["significant"].to_numpy()],
+                 color="tab:red", zorder=3)
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_yticks(y, shown["feature"].astype(str))
+    axes.set_xlabel("importance vs the previous stable snapshot (red: significant)")
+    return _png(figure)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
