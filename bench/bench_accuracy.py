@@ -1,0 +1,239 @@
+"""Triage accuracy on simulated incidents, next to two simple baselines, and triage speed.
+
+Every scenario of :mod:`hawkeye_dagster.simulate` is simulated over several
+seeds (``REPORT_SEEDS``; the calibration of confidences uses other seeds, see
+``bench/calibrate_triage.py``) and each incident of its ground truth is
+triaged from its own entry and window. Reported: top-1 and top-3 root-cause
+accuracy (kind and id, and ``version`` for a change), by scenario and over
+all; verdict accuracy; root causes named on clean worlds (false root
+causes); seconds per triage. The baselines name one root cause each:
+
+- ``largest robust z``: the lineage node (or feature node) whose statistic
+  moved most in the window against the week before (median/MAD z);
+- ``largest drift``: the input feature of the entry's models whose served
+  distribution moved most (two-sample Kolmogorov-Smirnov statistic).
+
+``triage_end_to_end_<scale>`` times one ``incident_report`` materialization
+in a fresh Python process (imports and Dagster start-up included) against
+the 60 s target (180 s on ``medium``).
+Lakes are cached under ``bench/.work/lakes`` (the simulator is deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hawkeye_dagster.analysis.changepoints import pivot_node_stats
+from hawkeye_dagster.lake.open import open_lake
+from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.simulate import SCENARIOS, simulate
+from hawkeye_dagster.triage.tree import run_triage
+
+WORK = Path(__file__).resolve().parent / ".work" / "lakes"
+#: seeds reported on: six per single-incident scenario and ``clean``, two ``demo`` lakes
+#: (five incidents each): 50 lakes
+REPORT_SEEDS = range(6)
+DEMO_SEEDS = range(2)
+QUICK = (("upstream_corruption", 0), ("clean", 0))
+BASELINE_HISTORY = pd.Timedelta("7D")
+TARGET_S = {"small": 60.0, "medium": 180.0}
+
+
+def lake_of(scenario: str, seed: int, scale: str = "small") -> tuple[Path, dict]:
+    """A simulated lake and its ground truth, generated once and cached."""
+    lake = WORK / f"{scenario}-{seed}-{scale}"
+    truth = Path(f"{lake}.truth.json")
+    if not truth.exists():
+        lake.parent.mkdir(parents=True, exist_ok=True)
+        simulate(lake, scenario=scenario, seed=seed, scale=scale)
+    return lake, json.loads(truth.read_text())
+
+
+def window_of(incident: dict) -> TimeRange:
+    return TimeRange.of(incident["window"]["start"], incident["window"]["end"])
+
+
+def correct(cause: dict, truth: dict | None) -> bool:
+    return truth is not None and cause["kind"] == truth["kind"] and cause["id"] == truth["id"] \
+        and cause.get("version") == truth.get("version")
+
+
+def triage_lake(scenario: str, seed: int) -> list[dict]:
+    """Triage every incident of one lake with the project and both baselines."""
+    lake, truth = lake_of(scenario, seed)
+    reader = open_lake(lake=str(lake))
+    records = []
+    for incident in truth["incidents"]:
+        window = window_of(incident)
+        start = time.perf_counter()
+        report = run_triage(reader, incident["entry"], window)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        z_answer = largest_robust_z(reader, window)
+        z_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        drift_answer = largest_drift(reader, incident["entry"], window)
+        drift_seconds = time.perf_counter() - start
+        expected = incident["root_cause"]
+        records.append({
+            "scenario": scenario, "seed": seed, "incident": incident["name"],
+            "truth_verdict": incident["verdict"], "truth": expected,
+            "verdict": report["verdict"], "root_causes": report["root_causes"],
+            "steps": [s["step"] for s in report["steps"]], "seconds": seconds,
+            "top1": bool(report["root_causes"]) and correct(report["root_causes"][0], expected),
+            "top3": any(correct(c, expected) for c in report["root_causes"][:3]),
+            "z_answer": z_answer, "z_top1": correct(z_answer, expected), "z_seconds": z_seconds,
+            "drift_answer": drift_answer, "drift_top1": correct(drift_answer, expected),
+            "drift_seconds": drift_seconds,
+        })
+    return records
+
+
+def largest_robust_z(reader: TelemetryReader, window: TimeRange) -> dict:
+    """Baseline: the node whose statistic moved most (|median shift| / MAD) in the window."""
+    stats = reader.read("lineage_node_stats",
+                        time_range=TimeRange(window.start - BASELINE_HISTORY, window.end))
+    wide = pivot_node_stats(stats)
+    before = wide.loc[wide.index < window.start].to_numpy(float)
+    during = wide.loc[wide.index >= window.start].to_numpy(float)
+    with np.errstate(all="ignore"):
+        centre = np.nanmedian(before, axis=0)
+        mad = 1.4826 * np.nanmedian(np.abs(before - centre), axis=0)
+        z = np.abs(np.nanmedian(during, axis=0) - centre) / np.fmax(mad, 1e-9)
+    node = wide.columns[int(np.nanargmax(np.nan_to_num(z, nan=-1.0)))][0]
+    features = reader.read("features")
+    named = features.loc[features["lineage_node_id"] == node, "feature_name"]
+    return {"kind": "feature", "id": named.iloc[0]} if len(named) else \
+        {"kind": "lineage_node", "id": node}
+
+
+def largest_drift(reader: TelemetryReader, entry: dict, window: TimeRange) -> dict:
+    """Baseline: the feature of the entry's models whose served values drifted most (KS)."""
+    from scipy import stats
+
+    models = reader.read("models")
+    mf = reader.read("model_features")
+    if entry["kind"] == "topline":
+        keep = models["product"] == entry["product"]
+        if entry.get("segment"):
+            keep &= models["segment"] == entry["segment"]
+        chosen = models.loc[keep, "model_id"].unique()
+    elif entry["kind"] == "feature_alert":
+        chosen = mf.loc[mf["feature_name"] == entry["feature"], "model_id"].unique()
+    elif entry["kind"] == "snapshot":
+        snapshots = reader.read("snapshots", equals={"snapshot_id": entry["snapshot"]})
+        chosen = snapshots["model_id"].unique()
+    else:
+        chosen = models["model_id"].unique()
+    best = (-1.0, None)
+    for model in chosen:  # a handful of models
+        features = mf.loc[mf["model_id"] == model].sort_values("position")["feature_name"].tolist()
+        rows = reader.serving_samples(model, TimeRange(window.start - BASELINE_HISTORY, window.end),
+                                      columns=["ts", *features])
+        before = rows.loc[rows["ts"] < window.start, features].to_numpy(float)
+        during = rows.loc[rows["ts"] >= window.start, features].to_numpy(float)
+        if len(before) < 2 or len(during) < 2:
+            continue
+        ks = np.atleast_1d(stats.ks_2samp(before, during, axis=0, nan_policy="omit").statistic)
+        i = int(np.nanargmax(np.nan_to_num(ks, nan=-1.0)))
+        if ks[i] > best[0]:
+            best = (float(ks[i]), features[i])
+    return {"kind": "feature", "id": best[1]}
+
+
+def summarize(records: list[dict]) -> dict:
+    frame = pd.DataFrame(records)
+    incidents = frame[frame["truth_verdict"] == "root_cause_found"]
+    clean = frame[frame["truth_verdict"] == "no_issue"]
+    params = {
+        "lakes": int(frame[["scenario", "seed"]].drop_duplicates().shape[0]),
+        "incidents": len(incidents), "no_issue_entries": len(clean),
+        "top1": incidents["top1"].mean(), "top3": incidents["top3"].mean(),
+        "verdict_accuracy": (frame["verdict"] == frame["truth_verdict"]).mean(),
+        "false_root_causes_clean": int((clean["verdict"] == "root_cause_found").sum()),
+        "z_baseline_top1": incidents["z_top1"].mean(),
+        "drift_baseline_top1": incidents["drift_top1"].mean(),
+    }
+    for name, part in incidents.groupby("incident"):
+        params[f"top1_{name}"] = part["top1"].mean()
+    return {k: round(float(v), 3) if isinstance(v, float) else v for k, v in params.items()}
+
+
+def end_to_end(scenario: str, seed: int, scale: str) -> float:
+    """Seconds for one triage through Dagster in a fresh process (imports and start-up included)."""
+    lake, truth = lake_of(scenario, seed, scale)
+    incident = truth["incidents"][0]
+    code = (
+        "import sys, json, tempfile\n"
+        "from hawkeye_dagster import definitions\n"
+        "from hawkeye_dagster.assets import triage\n"
+        "from hawkeye_dagster.assets.triage import materialize_incident\n"
+        "# the project's one Definitions, with the triage domain whether or not it is merged yet\n"
+        "definitions.DOMAINS[:] = list(dict.fromkeys([*definitions.DOMAINS, triage]))\n"
+        "from hawkeye_dagster.incidents import Incident\n"
+        "from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource\n"
+        "lake, entry, start, end = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]\n"
+        "with tempfile.TemporaryDirectory() as root:\n"
+        "    defs = definitions.build_defs({'telemetry': TelemetrySource(lake=lake),\n"
+        "                                   'storage': HawkeyeStorage(root=root)})\n"
+        "    materialize_incident(defs, Incident(entry, start, end))\n")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(lake), json.dumps(incident["entry"]),
+                    incident["window"]["start"], incident["window"]["end"]], check=True)
+    return time.perf_counter() - start
+
+
+def report_lakes(quick: bool) -> list[tuple[str, int]]:
+    """(scenario, seed) of the lakes reported on."""
+    if quick:
+        return list(QUICK)
+    return [(s, seed) for s in SCENARIOS
+            for seed in (DEMO_SEEDS if s == "demo" else REPORT_SEEDS)]
+
+
+def collect(quick: bool) -> list[dict]:
+    """Triage records of every incident of the reported lakes."""
+    return [r for scenario, seed in report_lakes(quick) for r in triage_lake(scenario, seed)]
+
+
+def run(quick: bool) -> list[dict]:
+    records = collect(quick)
+    params = summarize(records)
+    frame = pd.DataFrame(records)
+    mean = frame["seconds"].mean()
+    results = [
+        {"name": "triage_accuracy_vs_robust_z", "project_s": mean,
+         "reference": "largest robust z node/feature", "reference_s": frame["z_seconds"].mean(),
+         "ratio": frame["z_seconds"].mean() / mean, "params": params},
+        {"name": "triage_accuracy_vs_drift", "project_s": mean,
+         "reference": "largest feature drift (KS)", "reference_s": frame["drift_seconds"].mean(),
+         "ratio": frame["drift_seconds"].mean() / mean,
+         "params": {k: params[k] for k in ("incidents", "top1", "drift_baseline_top1")}},
+    ]
+    for scale in ("small",) if quick else ("small", "medium"):
+        seconds = end_to_end("upstream_corruption", 0, scale)
+        results.append({"name": f"triage_end_to_end_{scale}", "project_s": seconds,
+                        "reference": "target (floor)", "reference_s": TARGET_S[scale],
+                        "ratio": TARGET_S[scale] / seconds,
+                        "params": {"scenario": "upstream_corruption", "scale": scale}})
+    return results
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Triage accuracy records and their summary.")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--records", help="write every triage's record to this JSON file")
+    args = parser.parse_args()
+    found = collect(args.quick)
+    if args.records:
+        Path(args.records).write_text(json.dumps(found, indent=1, default=str))
+    print(json.dumps(summarize(found), indent=1))

@@ -1,0 +1,226 @@
+"""Top-line anomaly detection: when did a product metric degrade, and by how much.
+
+Each series (product, segment, metric) is compared with itself on like hours
+of earlier days: the expected value of a bucket is the median of the same
+time-of-day over a reference period, and the residual is scaled by the
+series' robust spread (MAD) there, so daily seasonality and a few outliers do
+not raise alarms. Residuals are signed so that positive means *worse*
+(``*_lower_is_better`` metrics are flipped), and a one-sided CUSUM over the
+examined window gives the onset, the end of the excursion and its strength.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hawkeye_dagster.contract import higher_is_better
+from hawkeye_dagster.lake.reader import TimeRange
+
+SERIES_KEYS = ["product", "segment", "metric"]
+_DAY = pd.Timedelta("1D")
+#: a MAD of 0 (a flat series) would make any change infinitely significant
+_MIN_RELATIVE_SCALE = 1e-6
+
+
+@dataclass(frozen=True)
+class ToplineScores:
+    """Seasonality-adjusted degradation scores on a regular time grid.
+
+    Every frame is indexed by the bucket start ``ts`` (``[T]``) with one column
+    per series, a ``MultiIndex`` of (product, segment, metric) (``[S]``).
+    """
+
+    observed: pd.DataFrame
+    #: the like-hours median of the reference period
+    expected: pd.DataFrame
+    #: robust z-score of ``observed - expected``, positive = degradation
+    z: pd.DataFrame
+    #: the bucket width of the grid
+    bucket: pd.Timedelta
+    #: buckets before this time form the reference period
+    reference_end: pd.Timestamp
+
+
+def seasonal_scores(metrics: pd.DataFrame, reference_end: pd.Timestamp | None = None, *,
+                    min_reference: pd.Timedelta = pd.Timedelta("2D")) -> ToplineScores:
+    """Score every top-line series against its own like hours before ``reference_end``.
+
+    ``metrics`` holds ``topline_metrics`` rows; the bucket width is the most
+    common spacing of ``ts``. See :func:`seasonal_robust_z` for the reference.
+    """
+    wide = metrics.pivot_table(index="ts", columns=SERIES_KEYS, values="value", aggfunc="mean")
+    if wide.empty:
+        raise ValueError("no top-line metrics to score")
+    bucket = _bucket(wide.index)
+    wide = wide.reindex(pd.date_range(wide.index[0], wide.index[-1], freq=bucket))
+    expected, z, reference_end = seasonal_robust_z(wide, reference_end, min_reference=min_reference)
+    metrics_of = wide.columns.get_level_values("metric")
+    sign = np.where([higher_is_better(m) for m in metrics_of], -1.0, 1.0)
+    return ToplineScores(observed=wide, expected=expected, z=z * sign, bucket=bucket,
+                         reference_end=reference_end)
+
+
+def seasonal_robust_z(wide: pd.DataFrame, reference_end: pd.Timestamp | None, *,
+                      min_reference: pd.Timedelta = pd.Timedelta("2D"),
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """Expected values and robust z-scores of series against like hours of a reference period.
+
+    ``wide`` is ``[T, S]`` on a regular time grid (``index.freq`` set). With a
+    bucket that divides a day the seasonal phase is the time of day (like
+    hours across days), otherwise there is none. The expected value of a
+    bucket is the median of its phase over the buckets before
+    ``reference_end``, times (or, for series that are not positive, plus) a
+    day-of-week factor: the median over the reference's same weekday of the
+    ratio to (difference from) that profile, so a weekend is compared with
+    weekends where the reference has them. The scale is the MAD (times
+    1.4826) of the reference residuals, inflated by ``sqrt(n / (n - 1) *
+    (1 + pi / 2n))`` for a profile taken from ``n`` days (in-sample residuals
+    understate new days' errors), and floored so a flat series does not give
+    infinite scores. When less than ``min_reference`` precedes
+    ``reference_end`` (or it is ``None``), the first ``min_reference`` of the
+    grid is the reference.
+
+    Returns ``(expected, z, reference_end)``: two frames shaped like ``wide``
+    (``z`` positive above expectation) and the reference end used.
+    """
+    grid = wide.index
+    bucket = pd.Timedelta(grid.freq)
+    if reference_end is None or reference_end - grid[0] < min_reference:
+        reference_end = grid[0] + min_reference
+    period = int(_DAY / bucket) if _DAY % bucket == pd.Timedelta(0) else 1
+    phase = np.asarray(((grid - grid[0].normalize()) // bucket) % period)
+    in_reference = grid < reference_end
+
+    reference = wide.loc[in_reference]
+    profile = reference.groupby(phase[in_reference]).median().reindex(phase).set_axis(grid)
+    if period > 1:
+        profile = _weekday_adjusted(wide, profile, in_reference)
+    residual = wide - profile
+    ref_residual = residual.loc[in_reference].to_numpy(float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # series without reference data
+        centre = np.nanmedian(ref_residual, axis=0)
+        scale = 1.4826 * np.nanmedian(np.abs(ref_residual - centre), axis=0)
+        level = np.nanmedian(np.abs(reference.to_numpy(float)), axis=0)
+    # in-sample residuals understate the error of a median of n values on new days
+    n = max(in_reference.sum() / period, 2.0)
+    scale = scale * np.sqrt(n / (n - 1) * (1 + np.pi / (2 * n)))
+    scale = np.fmax(scale, _MIN_RELATIVE_SCALE * np.fmax(level, 1.0))
+    return profile, residual / scale, reference_end
+
+
+def _weekday_adjusted(wide: pd.DataFrame, profile: pd.DataFrame,
+                      in_reference: np.ndarray) -> pd.DataFrame:
+    """``profile`` scaled (positive series) or shifted (others) by each weekday's median
+    departure from it in the reference; weekdays the reference lacks are left as they are.
+
+    Each departure is shrunk towards none by its own sampling error
+    (``d * max(0, 1 - se^2 / d^2)``, ``se`` from the spread of the reference's
+    departures), so a noisy series is not "corrected" by its noise.
+    """
+    weekday = wide.index.dayofweek.to_numpy()
+    positive = (wide.loc[in_reference] > 0).all() & (profile.loc[in_reference] > 0).all()
+    with np.errstate(all="ignore"):
+        departure = (wide / profile - 1).where(positive, wide - profile, axis=1)
+    reference = departure.loc[in_reference]
+    grouped = reference.groupby(weekday[in_reference])
+    by_day, count = grouped.median(), grouped.count()
+    spread = 1.4826 * (reference - reference.median()).abs().median()
+    se2 = (np.pi / 2) * spread**2 / count.where(count > 0)
+    shrunk = by_day * (1 - se2 / by_day**2).clip(lower=0.0)
+    shift = shrunk.reindex(weekday).set_axis(wide.index).fillna(0.0)
+    return (profile * (1 + shift)).where(positive, profile + shift, axis=1)
+
+
+def detect_topline_anomalies(metrics: pd.DataFrame, window: TimeRange | None = None, *,
+                             allowance: float = 1.0, threshold: float = 12.0,
+                             min_shift_z: float = 1.0, min_buckets: int = 3,
+                             z_clip: float = 8.0) -> pd.DataFrame:
+    """Degradations of top-line series inside ``window``, most severe first.
+
+    A one-sided CUSUM ``C_t = max(0, C_{t-1} + z_t - allowance)`` runs over the
+    window's buckets (``z`` clipped to ``±z_clip`` so one broken bucket cannot
+    raise an alarm alone); a series is anomalous when ``C`` reaches
+    ``threshold``, the excursion spans at least ``min_buckets`` buckets and its
+    median z is at least ``min_shift_z``. The reference period is the data
+    before ``window.start``.
+
+    Returns one row per anomalous series with ``product, segment, metric``,
+    ``onset`` (first degraded bucket), ``end`` (bucket where the excursion
+    peaked), ``score`` (peak CUSUM, the severity), ``shift_z`` (median robust
+    z over the excursion), ``relative_change`` (median ``(observed -
+    expected) / |expected|``, negative for a drop), ``expected`` and
+    ``observed`` (medians over the excursion) and ``higher_is_better``.
+    """
+    columns = [*SERIES_KEYS, "onset", "end", "score", "shift_z", "relative_change", "expected",
+               "observed", "higher_is_better"]
+    if metrics.empty:
+        return pd.DataFrame(columns=columns)
+    window = window or TimeRange()
+    scores = seasonal_scores(metrics, window.start)
+    grid = scores.z.index
+    inside = (grid >= scores.reference_end) & _within(grid, window)
+    if not inside.any():
+        return pd.DataFrame(columns=columns)
+    z = scores.z.loc[inside].to_numpy(float)
+    times = grid[inside]
+    onset, peak, strength = cusum_excursions(np.clip(np.nan_to_num(z), -z_clip, z_clip), allowance)
+
+    rows = np.arange(len(times))[:, None]
+    in_excursion = (rows >= onset) & (rows <= peak)
+    expected = scores.expected.loc[inside].to_numpy(float)
+    observed = scores.observed.loc[inside].to_numpy(float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns outside excursions
+        shift_z = np.nanmedian(np.where(in_excursion, z, np.nan), axis=0)
+        relative = np.nanmedian(np.where(in_excursion, (observed - expected) / np.abs(expected),
+                                         np.nan), axis=0)
+        med_expected = np.nanmedian(np.where(in_excursion, expected, np.nan), axis=0)
+        med_observed = np.nanmedian(np.where(in_excursion, observed, np.nan), axis=0)
+    found = (strength >= threshold) & (peak - onset + 1 >= min_buckets) & (shift_z >= min_shift_z)
+    keys = scores.z.columns.to_frame(index=False)
+    result = keys.assign(
+        onset=times[onset], end=times[peak], score=strength, shift_z=shift_z,
+        relative_change=relative, expected=med_expected, observed=med_observed,
+        higher_is_better=[higher_is_better(m) for m in keys["metric"]],
+    )[found]
+    return result.sort_values("score", ascending=False, ignore_index=True)[columns]
+
+
+def cusum_excursions(z: np.ndarray, allowance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strongest upward excursion of each column of ``z`` (``[T, S]``) by one-sided CUSUM.
+
+    Returns ``(onset, peak, strength)``, each ``[S]``: the row where the
+    excursion starts, the row where the CUSUM statistic peaks, and that peak.
+    Computed in closed form from cumulative sums (``C_t = S_t - min_{j<=t}
+    S_j`` with ``S`` the cumulative sum of ``z - allowance`` from 0), so no loop.
+    """
+    steps = z.shape[0]
+    cumulative = np.vstack([np.zeros((1, z.shape[1])), np.cumsum(z - allowance, axis=0)])
+    statistic = cumulative - np.minimum.accumulate(cumulative, axis=0)
+    peak_at = np.argmax(statistic, axis=0)  # index into cumulative, 1..T when positive
+    strength = statistic[peak_at, np.arange(z.shape[1])]
+    before_peak = np.arange(steps + 1)[:, None] <= peak_at
+    onset = np.argmin(np.where(before_peak, cumulative, np.inf), axis=0)
+    peak = np.maximum(peak_at - 1, onset)
+    return onset, peak, strength
+
+
+def _bucket(index: pd.DatetimeIndex) -> pd.Timedelta:
+    if len(index) < 2:
+        return pd.Timedelta("1h")
+    return index.to_series().diff().mode().iloc[0]
+
+
+def _within(grid: pd.DatetimeIndex, window: TimeRange) -> np.ndarray:
+    keep = np.ones(len(grid), dtype=bool)
+    if window.start is not None:
+        keep &= grid >= window.start
+    if window.end is not None:
+        keep &= grid < window.end
+    return keep
+

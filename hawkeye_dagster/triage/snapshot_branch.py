@@ -1,0 +1,282 @@
+"""The snapshot branch: is a suspect snapshot bad itself, its training data, or its traffic?
+
+The snapshot analyses (activations on recent serving inputs, weights against
+the latest operationally stable snapshots, the training run's curves, the
+training partitions against their neighbours and serving data) are weighed
+by :func:`~hawkeye_dagster.analysis.snapshot_report.build_report`. On top of
+that verdict the tree decides: a ``bad`` snapshot (non-finite numerics, a
+diverged or exploded run) is the root cause; else a flagged training
+partition is; else a snapshot that was already serving and only got more
+traffic at the onset points at the traffic change; else the snapshot stays
+the suspect on the strength of its served quality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from hawkeye_dagster.analysis.rollout import RolloutFinding
+from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.triage import calibration
+
+if TYPE_CHECKING:
+    from hawkeye_dagster.analysis.snapshot_report import SnapshotReport
+    from hawkeye_dagster.analysis.training_diagnosis import TrainingLineage
+    from hawkeye_dagster.triage.tree import TriageRun
+
+#: serving rows the activations are captured on
+ACTIVATION_ROWS = 2000
+#: served data this long before publication is the snapshot's inputs
+RECENT = pd.Timedelta("1D")
+#: stable snapshots that define the normal size of a weight change
+STABLE_HISTORY = 5
+
+
+@dataclass
+class SnapshotDiagnosis:
+    """The snapshot analyses' verdict plus what the tree needs beyond it."""
+
+    report: SnapshotReport
+    #: the latest operationally stable snapshot before it (rollback target), if any
+    reference: str | None
+    #: its served quality against its predecessor (a ``stable_snapshots`` row)
+    served: pd.Series
+    lineage: TrainingLineage | None
+    #: its training partitions, most suspect first (``rank_partitions``), or ``None``
+    partitions: pd.DataFrame | None
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.report.snapshot_id
+
+    @property
+    def model_id(self) -> str:
+        return self.report.model_id
+
+    @property
+    def bad_partitions(self) -> pd.DataFrame:
+        p = self.partitions
+        return p[p["flagged"]] if p is not None else pd.DataFrame(columns=["partition"])
+
+    @property
+    def served_worse(self) -> bool:
+        """Its served predictions were worse than its predecessor's (or NaN)."""
+        return bool(self.served["degraded"])
+
+    def findings(self) -> list[str]:
+        served = ([f"served worse than {self.served['predecessor']}: {self.served['reason']}"]
+                  if self.served_worse else [])
+        return self.report.findings + served
+
+
+def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> SnapshotDiagnosis:
+    """Run every snapshot analysis on one snapshot (those whose inputs are missing are skipped)."""
+    from hawkeye_dagster.analysis.activations import diagnose_activations
+    from hawkeye_dagster.analysis.snapshot_report import build_report
+    from hawkeye_dagster.analysis.stable_snapshots import latest_stable, stable_snapshots
+    from hawkeye_dagster.analysis.training_diagnosis import (
+        curve_checks, diagnose_partitions, neighbour_partitions, training_lineage)
+    from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
+    from hawkeye_dagster.snapshot_io import load_artifact
+
+    data, reader = run.data, run.data.reader
+    snapshots = data.snapshots[data.snapshots["model_id"] == model_id]
+    published_at = snapshots.loc[snapshots["snapshot_id"] == snapshot_id, "published_at"].iloc[0]
+    task = data.task(model_id)
+    run.progress(f"snapshot {snapshot_id}: stable history, weights, activations, training")
+
+    samples = data.quality_samples(model_id).assign(model_id=model_id)
+    history = stable_snapshots(snapshots, data.experiments(model_id), samples, {model_id: task},
+                               as_of=data.window.end)
+    stable = latest_stable(history, model_id, published_at, n=STABLE_HISTORY)
+    reference = stable[-1] if stable else None
+    artifact = dict(zip(snapshots["snapshot_id"], snapshots["artifact"]))
+    path = {s: reader.resolve_artifact(a) for s, a in artifact.items()}
+    weights = weight_diff(path[snapshot_id], path[reference] if reference else None,
+                          weight_change_history([path[s] for s in stable]))
+
+    skipped, activations = [], None
+    features = data.model_features(model_id)
+    inputs = _served_inputs(run, model_id, features, published_at)
+    if len(inputs):
+        program = load_artifact(reader, artifact[snapshot_id], snapshot_id=snapshot_id)
+        found = diagnose_activations(program.module(), inputs[features].to_numpy(np.float32),
+                                     features, model_id=model_id)
+        activations = {"healthy": found.healthy, "bad_output_rows": found.bad_output_rows,
+                       "nonfinite_parameters": found.nonfinite_parameters,
+                       "summary": found.summary(), "guards": found.guards,
+                       "responsible_features": found.responsible_features}
+    else:
+        skipped.append("activations: no served inputs")
+
+    curve = partitions = None
+    lineage = training_lineage(snapshots, data.table("training_runs"), snapshot_id)
+    if lineage is None:
+        skipped.append("training: the snapshot names no known training run")
+    else:
+        curves = curve_checks(data.table("training_metrics",
+                                         equals={"training_run_id": lineage.training_run_id}))
+        curve = curves.iloc[0].to_dict() if len(curves) else None
+        listing = reader.read("training_data", columns=["partition"],
+                              equals={"dataset_id": lineage.dataset_id})["partition"].unique()
+        train = reader.training_data(lineage.dataset_id,
+                                     neighbour_partitions(listing, lineage.partitions),
+                                     columns=["partition", "label", *features])
+        partitions = diagnose_partitions(train, lineage.partitions, inputs, features, task,
+                                         lineage.dataset_id).ranked
+    report = build_report(snapshot_id, model_id, reference=reference, weights=weights,
+                          activations=activations, curve=curve, partitions=partitions,
+                          skipped=skipped)
+    return SnapshotDiagnosis(report, reference, history.set_index("snapshot_id").loc[snapshot_id],
+                             lineage, partitions)
+
+
+def _served_inputs(run: TriageRun, model_id: str, features: list[str],
+                   at: pd.Timestamp) -> pd.DataFrame:
+    """Up to :data:`ACTIVATION_ROWS` of the model's served rows (features and label) of the day
+    before ``at`` (its publication: normal inputs, not those of an incident that came later),
+    else of the window's last day."""
+    end = run.data.window.end
+    for span in (TimeRange(at - RECENT, at), TimeRange(end - RECENT, end)):
+        rows = run.data.serving_inputs(model_id, span)
+        if len(rows):
+            break
+    return rows.sort_values("ts", kind="stable").tail(ACTIVATION_ROWS)[[*features, "label"]]
+
+
+# --- the branch -----------------------------------------------------------------------------
+
+def suspect_snapshot(run: TriageRun, model_id: str, rollout: RolloutFinding) -> str:
+    """A snapshot that carries a model's degradation: find out why and name the root cause.
+
+    A ``bad`` snapshot is the cause. Otherwise its flagged training
+    partitions and, for an established arm that ramped up, the traffic change
+    are candidates side by side, ranked by their confidence. With neither,
+    the snapshot itself is a (weaker) candidate next to what the features
+    branch finds: a data problem that began as the snapshot arrived looks
+    the same from the rollout alone.
+    """
+    snapshot_id = rollout.suspects[0]
+    diagnosis = diagnose_snapshot(run, model_id, snapshot_id)
+    _record_diagnosis(run, diagnosis)
+    rollback = diagnosis.reference or rollout.previous_snapshot
+    if diagnosis.report.verdict == "bad":
+        return _blame_snapshot(run, diagnosis, rollback, evidence=0.95)
+    lead = rollout.snapshots.set_index("snapshot_id").loc[snapshot_id]
+    if len(diagnosis.bad_partitions) or rollout.traffic_experiment:
+        if len(diagnosis.bad_partitions):
+            _blame_partition(run, diagnosis)
+        if rollout.traffic_experiment:
+            _blame_traffic(run, model_id, rollout, lead)
+        _rollback(run, model_id, rollback)
+        return "root_cause_found"
+    evidence = 0.7 if diagnosis.report.verdict == "suspect" else 0.5
+    _blame_snapshot(run, diagnosis, rollback,
+                    evidence=evidence * _saturate(lead["peer_z"], 2.0, missing=1.0))
+    from hawkeye_dagster.triage.feature_branch import from_model
+
+    from_model(run, model_id, run.evidence.onset, run.evidence.end)
+    return "root_cause_found"
+
+
+def from_snapshot(run: TriageRun, snapshot_id: str) -> str:
+    """Entry from a snapshot publication: diagnose it, whatever its traffic."""
+    snapshots = run.data.snapshots
+    model_id = snapshots.loc[snapshots["snapshot_id"] == snapshot_id, "model_id"].iloc[0]
+    run.report.suspect("models", [model_id])
+    diagnosis = diagnose_snapshot(run, model_id, snapshot_id)
+    _record_diagnosis(run, diagnosis)
+    if diagnosis.report.verdict == "bad":
+        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=0.95)
+    if len(diagnosis.bad_partitions):
+        _blame_partition(run, diagnosis)
+        _rollback(run, model_id, diagnosis.reference)
+        return "root_cause_found"
+    if diagnosis.served_worse:
+        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=0.6)
+    return "no_issue"
+
+
+def from_new_snapshots(run: TriageRun, new: pd.DataFrame) -> str:
+    """``auto`` with only new snapshots: diagnose them newest first until one is bad."""
+    for row in new.sort_values("published_at", ascending=False).itertuples():
+        verdict = from_snapshot(run, row.snapshot_id)
+        if verdict != "no_issue":
+            return verdict
+    return "no_issue"
+
+
+def _record_diagnosis(run: TriageRun, diagnosis: SnapshotDiagnosis) -> None:
+    findings = diagnosis.findings()
+    text = ("; ".join(findings) if findings
+            else f"no defect found in snapshot {diagnosis.snapshot_id}")
+    run.report.step("snapshot_diagnosis", text, snapshot=diagnosis.report.to_json(),
+                    reference=diagnosis.reference, served=diagnosis.served.to_dict())
+
+
+def _blame_snapshot(run: TriageRun, diagnosis: SnapshotDiagnosis, rollback: str | None, *,
+                    evidence: float) -> str:
+    findings = diagnosis.findings()
+    summary = (f"snapshot {diagnosis.snapshot_id} of {diagnosis.model_id} is bad: "
+               + ("; ".join(findings) if findings else "its predictions are worse than its "
+                  "peers' on the same hours, with no defect found in its numerics or training"))
+    run.report.suspect("snapshots", [diagnosis.snapshot_id])
+    run.report.root_cause("snapshot", diagnosis.snapshot_id,
+                          calibration.root_cause_confidence("snapshot", evidence), summary)
+    for action in diagnosis.report.mitigations:
+        if action["action"] == "add_guard":
+            run.report.mitigate(action)
+            if action["guard"] == "clip":
+                run.report.suspect("features", [action["node"]])
+    _rollback(run, diagnosis.model_id, rollback)
+    return "root_cause_found"
+
+
+def _blame_partition(run: TriageRun, diagnosis: SnapshotDiagnosis) -> None:
+    bad = diagnosis.bad_partitions
+    run.report.suspect("snapshots", [diagnosis.snapshot_id])
+    run.report.suspect("training_partitions", bad["partition"])
+    for row in bad.itertuples():
+        run.report.root_cause(
+            "training_partition", row.partition,
+            calibration.root_cause_confidence("training_partition", _saturate(row.score, 10.0)),
+            f"training partition {row.partition} of snapshot {diagnosis.snapshot_id}'s run "
+            f"{diagnosis.lineage.training_run_id}: {row.reason}")
+
+
+def _blame_traffic(run: TriageRun, model_id: str, rollout: RolloutFinding,
+                   lead: pd.Series) -> None:
+    """The arm's traffic grew while it was worse than its peers, before and during the incident
+    (their peer z's combined by Stouffer's method)."""
+    experiment = rollout.traffic_experiment
+    growth = lead["share_during"] - lead["share_before"]
+    z = np.array([lead["peer_z_before"], lead["peer_z"]], dtype=float)
+    z = z[np.isfinite(z)]
+    worse = z.sum() / np.sqrt(len(z)) if len(z) else np.nan
+    run.report.suspect("experiments", [experiment])
+    run.report.root_cause(
+        "traffic", experiment,
+        calibration.root_cause_confidence(
+            "traffic", _saturate(worse, 2.0) * min(1.0, growth / 0.2)),
+        f"experiment {experiment} (snapshot {lead.name}) grew from {lead['share_before']:.0%} "
+        f"to {lead['share_during']:.0%} of {model_id}'s traffic while its loss was worse than "
+        f"its peers' (peer z {worse:.1f}); the snapshot shows no severe defect")
+    run.report.step("traffic", f"the top line fell as experiment {experiment} ramped up",
+                    traffic_changes=rollout.traffic_changes.to_dict("records"))
+
+
+def _rollback(run: TriageRun, model_id: str, to: str | None) -> None:
+    if to:
+        run.report.mitigate({"action": "rollback_snapshot", "model_id": model_id,
+                             "to_snapshot_id": to})
+
+
+def _saturate(x: float, scale: float, missing: float = 0.0) -> float:
+    """A z-like score as evidence in (0, 1): ``x / (x + scale)``, ``missing`` if NaN, 0 if < 0."""
+    if not np.isfinite(x):
+        return missing
+    return float(x / (x + scale)) if x > 0 else 0.0
