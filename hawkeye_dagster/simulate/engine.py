@@ -274,8 +274,8 @@ class _Simulation:
             "value": np.concatenate([v.ravel() for v in stats.values()])})
 
         column = {f: len(world.data_nodes) + j for j, f in enumerate(world.feature_names)}
-        fired = {rule: alert for rule in plan.alert_rules if (alert := measure.fire(
-            rule, {name: values[:, column[rule.feature]] for name, values in stats.items()}))}
+        fired = {rule: alert for rule in plan.alert_rules
+                 if (alert := measure.fire(rule, stats[rule.stat][:, column[rule.feature]]))}
         alerts = sorted(plan.alerts + list(fired.values()), key=lambda a: a.ts)
         write_table(root, "feature_alerts", _columns(
             [(a.ts, a.feature_name, a.alert_type, a.severity, a.detail) for a in alerts],

@@ -121,30 +121,26 @@ def node_stats(world: World, requests: Requests, hours: np.ndarray) -> dict[str,
             "mean": mean, "std": std}
 
 
-def fire(rule: AlertRule, stats: dict[str, np.ndarray]) -> Alert | None:
-    """Run a feature monitor over a feature's hourly stats (``stats[name][h]`` for hour ``h``).
+def fire(rule: AlertRule, series: np.ndarray) -> Alert | None:
+    """Run a feature monitor over a feature's hourly stat (``series[h]`` for hour ``h`` since the start).
 
-    ``null_fraction`` fires above 10%. ``mean`` compares each hour with the same
-    hour a week earlier (so daily and weekly cycles cancel) and fires when the
-    mean moved by more than 0.1 standard deviations of the feature's values.
-    Either must hold for 3 hours in a row (debouncing); the alert is raised 5
-    minutes after the third hour closes.
+    ``null_fraction`` fires above 10%; ``mean`` fires when the hourly mean
+    leaves its previous 3 days' band by more than 5 standard deviations and
+    by more than 10% of its level.
+    The alert is raised 5 minutes after the hour that crossed closes.
     """
     first = int(rule.start // HOUR)
-    series = stats[rule.stat]
     if rule.stat == "null_fraction":
         crossed = series[first:] > 0.1
-        band = "above 0.10"
+        band = f"above 0.10 (3-day median {np.nanmedian(series[max(first - 72, 0):first]):.3f})"
     else:
-        week = 7 * 24
-        if first < week:
-            raise ValueError(f"a mean monitor needs a week of history, {rule.feature!r} has {first} h")
-        shift = series[first:] - series[first - week:len(series) - week]
-        crossed = np.abs(shift) > 0.1 * stats["std"][first - week:len(series) - week]
-        band = "more than 0.1 standard deviations from the same hour last week"
-    held = np.convolve(crossed, np.ones(3), mode="valid") == 3
-    if not held.any():
+        baseline = series[max(first - 72, 0):first]
+        center, spread = np.nanmean(baseline), np.nanstd(baseline)
+        tolerance = max(5 * spread, 0.1 * abs(center))
+        crossed = np.abs(series[first:] - center) > tolerance
+        band = f"outside its 3-day band {center:.4g} ± {tolerance:.2g}"
+    if not crossed.any():
         return None
-    hour = first + int(np.argmax(held)) + 2
+    hour = first + int(np.argmax(crossed))
     return Alert((hour + 1) * HOUR + 300.0, rule.feature, f"{rule.stat}_shift", rule.severity,
                  f"hourly {rule.stat} {series[hour]:.4g} {band}")

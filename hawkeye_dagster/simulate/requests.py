@@ -34,8 +34,7 @@ class NodeEffect:
     what it cannot read);
     ``scale``: the node's values are multiplied by ``magnitude`` (a unit change);
     ``drift``: the node's values shift by ``magnitude`` per day since ``start``.
-    Times are seconds since the timeline start. ``channel`` limits a ``scale``
-    or ``drift`` to one of a data node's channels (one column of its data).
+    Times are seconds since the timeline start.
     """
 
     node_id: str
@@ -43,7 +42,6 @@ class NodeEffect:
     start: float
     magnitude: float
     end: float = np.inf
-    channel: int | None = None
 
 
 @dataclass
@@ -144,7 +142,7 @@ def _node_values(world: World, ts, z, effects, rng) -> dict[str, np.ndarray]:
         v[rng.random(len(ts)) < world.node_null[node]] = np.nan
         for effect in effects:
             if effect.node_id == node:
-                _apply(effect, ts, v if effect.channel is None else v[:, effect.channel], rng)
+                _apply(effect, ts, v, rng)
         values[node] = v
     return values
 

@@ -32,11 +32,10 @@ SCENARIOS = (
     "clean",
 )
 
-BASELINE_DAYS = (2.5, 4.0)
-"""How much clean history before an onset a truth window includes (drawn per incident, so
-that a window's start does not give its onset away)."""
-DRIFT_PER_DAY = 0.6
-"""Drift of a source's column, in its own units (its values' spread is about 1.5)."""
+BASELINE = 3 * DAY
+DRIFT_PER_DAY = 0.4
+"""Drift of a source's values, in its own units (its values' spread is about 1.5)."""
+"""How much clean history before an onset a truth window includes."""
 
 
 def _minute(t: float) -> float:
@@ -136,14 +135,8 @@ def build_plan(scenario: str, world: World, days: int, rng: np.random.Generator)
 
 # --- truth helpers --------------------------------------------------------------------------
 
-def _window_start(rng: np.random.Generator, onset: float) -> float:
-    """A window start some 2.5 to 4 days before ``onset``, on the hour."""
-    before = np.round(rng.uniform(*BASELINE_DAYS) * 24) * HOUR
-    return max(float(np.floor(onset / HOUR) * HOUR - before), 0.0)
-
-
-def _window(start: float, end: float) -> dict:
-    return {"start": iso(start), "end": iso(end)}
+def _window(onset: float, end: float) -> dict:
+    return {"start": iso(max(onset - BASELINE, 0.0)), "end": iso(end)}
 
 
 def _entry_topline(world: World, model_id: str) -> dict:
@@ -215,7 +208,6 @@ def _clean(plan: Plan, world: World, rng: np.random.Generator) -> None:
                   "mean 2% above its 7-day band")
     plan.alerts.append(alert)
     window = {"start": iso(plan.end - 4 * DAY), "end": iso(plan.end)}
-    alert_start = _window_start(rng, alert.ts)
 
     def topline_entry(outcome: Outcome) -> dict:
         return _no_issue("clean_topline", {"kind": "topline", "product": "feed", "segment": "us"},
@@ -225,11 +217,11 @@ def _clean(plan: Plan, world: World, rng: np.random.Generator) -> None:
         routine = max((r for r in outcome.releases.values() if r.published < plan.end - DAY),
                       key=lambda r: r.published)
         return _no_issue("routine_snapshot", {"kind": "snapshot", "snapshot": routine.snapshot_id},
-                         {"start": iso(routine.published - 3 * DAY), "end": iso(plan.end)}, {})
+                         {"start": iso(routine.published - BASELINE), "end": iso(plan.end)}, {})
 
     def alert_entry(outcome: Outcome) -> dict:
         return _no_issue("info_alert", {"kind": "feature_alert", "feature": minor, "ts": iso(alert.ts)},
-                         _window(alert_start, alert.ts + 6 * HOUR),
+                         {"start": iso(alert.ts - BASELINE), "end": iso(alert.ts + 6 * HOUR)},
                          {"minor_drift": minor})
 
     plan.truths += [topline_entry, snapshot_entry, alert_entry]
@@ -269,12 +261,11 @@ def _upstream_corruption(plan: Plan, world: World, rng, onset: float, end: float
     rule = AlertRule(alerted, "null_fraction" if corruption == "nulls" else "mean", onset,
                      "critical")
     plan.alert_rules.append(rule)
-    start = _window_start(rng, onset)
 
     def truth(outcome: Outcome) -> dict:
         return {
             "name": "upstream_corruption", "entry": _entry_topline(world, model_id),
-            "window": _window(start, end or outcome.end), "onset": iso(onset),
+            "window": _window(onset, end or outcome.end), "onset": iso(onset),
             "verdict": "root_cause_found", "root_cause": {"kind": "lineage_node", "id": source},
             "suspects": {**_no_suspects(), "models": models,
                          "features": world.features_fed_by(source, model_id),
@@ -301,12 +292,11 @@ def _transform_change(plan: Plan, world: World, rng, onset: float, end: float | 
                                           f"revert {version}"))
     models = _data_incident(plan, world, node, onset, end)
     model_id = models[0]
-    start = _window_start(rng, onset)
 
     def truth(outcome: Outcome) -> dict:
         return {
             "name": "transform_change", "entry": _entry_topline(world, model_id),
-            "window": _window(start, end or outcome.end), "onset": iso(onset),
+            "window": _window(onset, end or outcome.end), "onset": iso(onset),
             "verdict": "root_cause_found",
             "root_cause": {"kind": "lineage_change", "id": node, "version": version},
             "suspects": {**_no_suspects(), "models": models,
@@ -322,12 +312,10 @@ def _transform_change(plan: Plan, world: World, rng, onset: float, end: float | 
 def _feature_alert_early(plan: Plan, world: World, rng, onset: float, end: float | None = None,
                          source: str | None = None) -> None:
     source = _choose(rng, source, ("raw.listings", "raw.ad_events"))
-    # one column of the source drifts: its primary column, the one its stats describe
-    plan.effects.append(NodeEffect(source, "drift", onset, DRIFT_PER_DAY, end or np.inf, channel=0))
+    plan.effects.append(NodeEffect(source, "drift", onset, DRIFT_PER_DAY, end or np.inf))
     models = _data_incident(plan, world, source, onset, end)
     rules = [AlertRule(f, "mean", onset, "warning") for f in world.features_fed_by(source)]
     plan.alert_rules += rules
-    start = _window_start(rng, onset)
 
     def truth(outcome: Outcome) -> dict:
         first = min((outcome.fired[r] for r in rules if r in outcome.fired), key=lambda a: a.ts)
@@ -335,7 +323,7 @@ def _feature_alert_early(plan: Plan, world: World, rng, onset: float, end: float
         return {
             "name": "feature_alert_early",
             "entry": {"kind": "feature_alert", "feature": first.feature_name, "ts": iso(first.ts)},
-            "window": _window(start, first.ts + 3 * HOUR),
+            "window": {"start": iso(onset - BASELINE), "end": iso(first.ts + 3 * HOUR)},
             "onset": iso(onset),
             "verdict": "root_cause_found", "root_cause": {"kind": "lineage_node", "id": source},
             "suspects": {**_no_suspects(), "models": models,
@@ -362,20 +350,17 @@ def _bad_release(plan: Plan, model_id: str, published: float, end: float | None,
     return release
 
 
-def _snapshot_truth(world: World, plan: Plan, rng: np.random.Generator, name: str, model_id: str,
-                    published: float, onset: float, end: float | None,
-                    entry: Callable[[Release], dict] | None,
+def _snapshot_truth(world: World, plan: Plan, name: str, model_id: str, published: float,
+                    onset: float, end: float | None, entry: Callable[[Release], dict] | None,
                     root: Callable[[Release], dict], mitigation: Callable[[Outcome, Release], dict],
                     details: Callable[[Outcome, Release], dict],
                     extra_suspects: Callable[[Release], dict] = lambda r: {}) -> None:
-    start = _window_start(rng, onset)
-
     def truth(outcome: Outcome) -> dict:
         release = _released(outcome, model_id, published)
         return {
             "name": name,
             "entry": entry(release) if entry else _entry_topline(world, model_id),
-            "window": _window(start, end or outcome.end), "onset": iso(onset),
+            "window": _window(onset, end or outcome.end), "onset": iso(onset),
             "verdict": "root_cause_found", "root_cause": root(release),
             "suspects": {**_no_suspects(), "models": [model_id],
                          "snapshots": [release.snapshot_id], **extra_suspects(release)},
@@ -395,7 +380,7 @@ def _bad_training_partition(plan: Plan, world: World, rng, published: float,
     plan.flipped_labels.add((model_id, bad_day))
     partition = f"{world.models[model_id].dataset_id}/{iso(bad_day * DAY)[:10]}"
     _snapshot_truth(
-        world, plan, rng, "bad_training_partition", model_id, published, onset, end, None,
+        world, plan, "bad_training_partition", model_id, published, onset, end, None,
         root=lambda r: {"kind": "training_partition", "id": partition},
         mitigation=_rollback,
         details=lambda o, r: {"corruption": "labels inverted by a join bug",
@@ -416,7 +401,7 @@ def _exploding_training(plan: Plan, world: World, rng, published: float,
                 "exploding_step": int(np.argmax(exploded)) if exploded.any() else None,
                 "max_grad_norm": float(np.nanmax(np.where(np.isfinite(norm), norm, np.nan)))}
 
-    _snapshot_truth(world, plan, rng, "exploding_training", model_id, published, onset, end, None,
+    _snapshot_truth(world, plan, "exploding_training", model_id, published, onset, end, None,
                     root=lambda r: {"kind": "snapshot", "id": r.snapshot_id},
                     mitigation=_rollback, details=details)
 
@@ -434,7 +419,7 @@ def _nan_snapshot(plan: Plan, world: World, rng, published: float, end: float | 
                 "rollback": _rollback(outcome, release)}
 
     _snapshot_truth(  # the workflow starts from the new snapshot itself
-        world, plan, rng, "nan_snapshot", model_id, published, onset, end,
+        world, plan, "nan_snapshot", model_id, published, onset, end,
         entry=lambda r: {"kind": "snapshot", "snapshot": r.snapshot_id},
         root=lambda r: {"kind": "snapshot", "id": r.snapshot_id},
         mitigation=lambda o, r: {"action": "add_guard", "model_id": model_id, "node": feature,
@@ -451,7 +436,7 @@ def _traffic_ramp(plan: Plan, world: World, rng, published: float, ramp_start: f
     _bad_release(plan, model_id, published, None, UNDERFIT, ramp)
 
     _snapshot_truth(
-        world, plan, rng, "traffic_ramp", model_id, published, ramp_start, None, None,
+        world, plan, "traffic_ramp", model_id, published, ramp_start, None, None,
         root=lambda r: {"kind": "traffic", "id": r.experiment_id},
         mitigation=_rollback,
         details=lambda o, r: {"ramp": [[iso(r.published + t), f] for t, f in r.ramp],

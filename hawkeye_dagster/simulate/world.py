@@ -112,7 +112,7 @@ _PIPELINES = {
 #: product -> (task, segments with relative traffic, break-even cost of showing / price tolerance)
 _PRODUCTS = {
     "feed": ("binary_classification", {"us": 1.0, "intl": 0.8}, 0.3),
-    "ads": ("binary_classification", {"us": 0.7, "eu": 0.5}, 0.22),
+    "ads": ("binary_classification", {"us": 0.7, "eu": 0.5}, 0.12),
     "marketplace": ("regression", {"us": 0.5, "br": 0.35}, 6.0),
 }
 #: model -> (product, {segment: share of the segment's requests}, transforms it reads)
