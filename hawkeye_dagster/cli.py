@@ -33,7 +33,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     truth = simulate(args.out, scenario=args.scenario, seed=args.seed, scale=args.scale,
                      progress=_progress)
     names = ", ".join(i["name"] for i in truth["incidents"])
-    _progress(f"wrote {args.out} (incidents: {names}); ground truth in {args.out}.truth.json")
+    out = args.out.rstrip("/")
+    _progress(f"wrote {out} (incidents: {names}); ground truth in {out}.truth.json")
     return EXIT_OK
 
 

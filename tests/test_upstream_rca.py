@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import jsonschema
 import pandas as pd
@@ -14,8 +12,9 @@ from hawkeye_dagster.analysis.changepoints import pivot_node_stats
 from hawkeye_dagster.analysis.lineage_graph import build_lineage_graph
 from hawkeye_dagster.analysis.upstream_rca import upstream_root_cause
 from hawkeye_dagster.errors import UnknownIdError
+from hawkeye_dagster.triage.report import report_schema
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "shared" / "report.schema.json").read_text())
+SCHEMA = report_schema()
 ONSET = "2026-10-11 05:00"
 
 
