@@ -27,3 +27,22 @@ def simulated(tmp_path_factory):
         return lakes[key]
 
     return make
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
+                                                              marks=pytest.mark.postgres)])
+def sql(request, parquet, tmp_path_factory):
+    """The module's ``parquet`` lake copied into SQLite and into PostgreSQL (a fresh schema)."""
+    from lake_factory import postgres_schema
+
+    from hawkeye_dagster.lake.sql import SqlLake
+    from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/lake.db"
+        copy_lake_to_sql(parquet, url)
+        yield SqlLake(url)
+        return
+    with postgres_schema() as (url, schema):
+        copy_lake_to_sql(parquet, url, schema=schema)
+        yield SqlLake(url, schema=schema)

@@ -20,18 +20,6 @@ def parquet(simulated) -> ParquetLake:
     return ParquetLake(str(lake))
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
-                                                              marks=pytest.mark.postgres)])
-def sql(request, parquet, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('simulated-db')}/lake.db"
-        copy_lake_to_sql(parquet, url)
-        yield SqlLake(url)
-        return
-    with postgres_schema() as (url, schema):
-        copy_lake_to_sql(parquet, url, schema=schema)
-        yield SqlLake(url, schema=schema)
-
 
 def test_simulated_lake_validates_clean(parquet):
     assert validate_lake(parquet) == []

@@ -25,18 +25,6 @@ def parquet(tmp_path_factory) -> ParquetLake:
     return ParquetLake(str(write_lake(tmp_path_factory.mktemp("lake"), files_per_partition=2)))
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
-                                                              marks=pytest.mark.postgres)])
-def sql(request, parquet, tmp_path_factory) -> SqlLake:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/lake.db"
-        copy_lake_to_sql(parquet, url)
-        yield SqlLake(url)
-        return
-    with postgres_schema() as (url, schema):
-        copy_lake_to_sql(parquet, url, schema=schema)
-        yield SqlLake(url, schema=schema)
-
 
 def test_every_table_reads_as_from_parquet(parquet, sql):
     assert sql.tables() == parquet.tables()

@@ -67,18 +67,6 @@ def parquet(tmp_path_factory):
                                       artifacts=False)))
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
-                                                              marks=pytest.mark.postgres)])
-def sql(request, parquet, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/lake.db"
-        copy_lake_to_sql(parquet, url)
-        yield SqlLake(url)
-        return
-    with postgres_schema() as (url, schema):
-        copy_lake_to_sql(parquet, url, schema=schema)
-        yield SqlLake(url, schema=schema)
-
 
 @pytest.mark.parametrize("window", [None, TimeRange.of(START + pd.Timedelta("5h"),
                                                        START + pd.Timedelta("30h"))])
