@@ -77,4 +77,7 @@ def _pipeline_assets(pipeline: str, specs: list[dg.AssetSpec]) -> dg.AssetsDefin
 def defs() -> dg.Definitions:
     """Loaded when Dagster loads the location (not at import), from the configured lake."""
     source = settings.telemetry_source()
+    if source.lake == str(settings.demo_lake()) and not settings.demo_lake().exists():
+        # nothing to mirror until `hawkeye-dagster demo` has generated the demo lake
+        return dg.Definitions()
     return pipeline_defs(lineage_from_reader(open_lake(lake=source.lake, sql_url=source.sql_url)))
