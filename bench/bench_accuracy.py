@@ -6,7 +6,9 @@ seeds (``REPORT_SEEDS``; the calibration of confidences uses other seeds, see
 triaged from its own entry and window. Reported: top-1 and top-3 root-cause
 accuracy (kind and id, and ``version`` for a change), by scenario and over
 all; verdict accuracy; root causes named on clean worlds (false root
-causes); seconds per triage. The baselines name one root cause each:
+causes); the calibration of the confidences on these unseen seeds (mean
+confidence against the share right, Brier score, over every root cause
+named); seconds per triage. The baselines name one root cause each:
 
 - ``largest robust z``: the lineage node (or feature node) whose statistic
   moved most in the window against the week before (median/MAD z);
@@ -161,6 +163,14 @@ def summarize(records: list[dict]) -> dict:
         "z_baseline_top1": incidents["z_top1"].mean(),
         "drift_baseline_top1": incidents["drift_top1"].mean(),
     }
+    # calibration on seeds it was not fitted on: every root cause named, right or not
+    named = [(c["confidence"], correct(c, r.truth)) for r in frame.itertuples()
+             for c in r.root_causes]
+    if named:
+        confidence, right = np.array(named, dtype=float).T
+        params["mean_confidence"] = confidence.mean()
+        params["share_right"] = right.mean()
+        params["brier"] = np.mean((confidence - right) ** 2)
     for name, part in incidents.groupby("incident"):
         params[f"top1_{name}"] = part["top1"].mean()
     return {k: round(float(v), 3) if isinstance(v, float) else v for k, v in params.items()}
@@ -172,17 +182,14 @@ def end_to_end(scenario: str, seed: int, scale: str) -> float:
     incident = truth["incidents"][0]
     code = (
         "import sys, json, tempfile\n"
-        "from hawkeye_dagster import definitions\n"
-        "from hawkeye_dagster.assets import triage\n"
+        "from hawkeye_dagster.definitions import build_defs\n"
         "from hawkeye_dagster.assets.triage import materialize_incident\n"
-        "# the project's one Definitions, with the triage domain whether or not it is merged yet\n"
-        "definitions.DOMAINS[:] = list(dict.fromkeys([*definitions.DOMAINS, triage]))\n"
         "from hawkeye_dagster.incidents import Incident\n"
         "from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource\n"
         "lake, entry, start, end = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]\n"
         "with tempfile.TemporaryDirectory() as root:\n"
-        "    defs = definitions.build_defs({'telemetry': TelemetrySource(lake=lake),\n"
-        "                                   'storage': HawkeyeStorage(root=root)})\n"
+        "    defs = build_defs({'telemetry': TelemetrySource(lake=lake),\n"
+        "                       'storage': HawkeyeStorage(root=root)})\n"
         "    materialize_incident(defs, Incident(entry, start, end))\n")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, str(lake), json.dumps(incident["entry"]),

@@ -210,7 +210,7 @@ def scaling(sizes: list[tuple[int, int]]) -> list[dict]:
         seconds, peak, _ = _ours(current, reference, columns)
         results.append({
             "name": f"feature_stats_scaling rows={rows} features={features}", "project_s": seconds,
-            "reference": None, "reference_s": None, "ratio": None,
+            "reference": "none (scaling curve)", "reference_s": None, "ratio": None,
             "params": {"rows": rows, "features": features,
                        "ns_per_value": seconds / (rows * features) * 1e9,
                        "peak_extra_mb": peak / 1e6},

@@ -8,7 +8,6 @@ import json
 import dagster as dg
 import pytest
 
-from hawkeye_dagster import definitions
 from hawkeye_dagster.assets import telemetry
 from hawkeye_dagster.assets import triage as triage_assets
 from hawkeye_dagster.assets.partitions import incident_partitions
@@ -114,14 +113,7 @@ def _args(lake, **options) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **options})
 
 
-@pytest.fixture
-def with_triage_domain(monkeypatch):
-    """The triage domain in the project's one Definitions (until the lead merges it there)."""
-    if triage_assets not in definitions.DOMAINS:
-        monkeypatch.setattr(definitions, "DOMAINS", [*definitions.DOMAINS, triage_assets])
-
-
-def test_triage_command_prints_the_json_report(simulated, capsys, with_triage_domain):
+def test_triage_command_prints_the_json_report(simulated, capsys):
     lake, truth = simulated("nan_snapshot")
     incident = truth["incidents"][0]
     status = triage_command(_args(lake, snapshot=incident["entry"]["snapshot"],
@@ -138,13 +130,13 @@ def test_triage_command_prints_the_json_report(simulated, capsys, with_triage_do
     ({"start": "not a time"}, UnknownIdError, "bad options"),
     ({"product": "feed", "feature": "x"}, UnknownIdError, "one entry point"),
 ])
-def test_triage_command_refuses_bad_input(simulated, options, error, where, with_triage_domain):
+def test_triage_command_refuses_bad_input(simulated, options, error, where):
     lake, _ = simulated("clean")
     with pytest.raises(error, match=where):
         triage_command(_args(lake, **options), progress=lambda _: None)
 
 
-def test_triage_command_refuses_a_missing_lake(tmp_path, with_triage_domain):
+def test_triage_command_refuses_a_missing_lake(tmp_path):
     with pytest.raises(ContractError):
         triage_command(_args(tmp_path / "missing"), progress=lambda _: None)
 
@@ -162,3 +154,17 @@ def test_headless_demo_opens_every_incident_of_the_demo_lake(simulated):
                     "segment": entry["segment"]} in found, entry
         else:
             assert entry in found, entry
+
+
+def test_cli_exit_statuses(simulated, capsys):
+    from hawkeye_dagster.cli import main
+
+    lake, truth = simulated("nan_snapshot")
+    incident = truth["incidents"][0]
+    assert main(["triage", "--lake", str(lake), "--snapshot", incident["entry"]["snapshot"],
+                 "--start", incident["window"]["start"], "--end", incident["window"]["end"],
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "root_cause_found"
+    assert main(["triage", "--lake", str(lake), "--snapshot", "no-such-snapshot"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'snapshots'" in err[0] and "'snapshot_id'" in err[0]
