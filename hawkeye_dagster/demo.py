@@ -73,6 +73,8 @@ def run_demo(*, headless: bool, progress: Callable[[str], None]) -> int:
     dagster = shutil.which("dagster")
     if dagster is None:
         raise RuntimeError("the `dagster` command is not on PATH; install the project first")
+    # the pause/resume jobs act on the demo_pipelines location through this webserver
+    os.environ.setdefault("HAWKEYE_DAGSTER_URL", "http://localhost:3000")
     progress(f"starting dagster dev (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
              "open http://localhost:3000")
     os.execv(dagster, [dagster, "dev", *_workspace_args()])
