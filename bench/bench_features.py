@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.timing import best_of
 from hawkeye_dagster.analysis.ablation import ablation_attributions
 from hawkeye_dagster.analysis.drift import drift_table
 from hawkeye_dagster.analysis.feature_stats import hourly_stats, reference_profile
@@ -104,15 +105,6 @@ def _evidently_seconds(reference: pd.DataFrame, current: pd.DataFrame) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _timed(fn, repeats: int):
-    """The result of ``fn()`` and its best time over ``repeats`` calls."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return result, best
-
 
 def _ours(current: pd.DataFrame, reference, columns: list[str],
           repeats: int = 1) -> tuple[float, int, pd.DataFrame]:
@@ -126,7 +118,7 @@ def _ours(current: pd.DataFrame, reference, columns: list[str],
     drift = once()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()  # tracing slows allocation down: the timed calls run without it
-    _, seconds = _timed(once, repeats)
+    seconds, _ = best_of(once, repeats)
     return seconds, peak, drift
 
 
@@ -177,10 +169,10 @@ def ablation_vs_captum(rows: int, features: int, per_eval: tuple[int, ...],
         # warm both up (first calls pay one-time costs)
         ablation_attributions(model, x[:50], baselines)
         captum.attribute(x[:50], baselines=baselines[None])
-        ours, project_s = _timed(lambda: ablation_attributions(model, x, baselines), repeats)
+        project_s, ours = best_of(lambda: ablation_attributions(model, x, baselines), repeats)
         timings, difference = {}, 0.0
         for k in per_eval:
-            theirs, timings[k] = _timed(lambda: captum.attribute(  # noqa: B023 (called at once)
+            timings[k], theirs = best_of(lambda: captum.attribute(  # noqa: B023 (called at once)
                 x, baselines=baselines[None], perturbations_per_eval=k), repeats)
             difference = max(difference, float((ours - theirs).abs().max()))
     finally:

@@ -13,12 +13,12 @@ nodes (the feature-alert sensor's tick is in :mod:`bench.bench_sensors`).
 
 from __future__ import annotations
 
-import time
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 
+from bench.timing import best_of
 from hawkeye_dagster.analysis.lineage_graph import build_lineage_graph
 from hawkeye_dagster.analysis.upstream_rca import UpstreamSettings, upstream_root_cause
 
@@ -112,23 +112,15 @@ def naive_upstream(graph: nx.DiGraph, bad: dict, wide: pd.DataFrame, onset: pd.T
     return best
 
 
-def _timed(fn, repeat: int = 3):
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, value
-
 
 def bench_build(sizes) -> list[dict]:
     results = []
     for n_nodes in sizes:
         tables = lineage_tables(n_nodes, 3 * n_nodes)
         edges = tables["lineage_edges"]
-        project_s, _ = _timed(lambda: build_lineage_graph(
+        project_s, _ = best_of(lambda: build_lineage_graph(
             tables["lineage_nodes"], edges, tables["features"]))
-        reference_s, _ = _timed(lambda: nx.DiGraph(zip(edges["upstream_id"], edges["downstream_id"])))
+        reference_s, _ = best_of(lambda: nx.DiGraph(zip(edges["upstream_id"], edges["downstream_id"])))
         results.append({
             "name": f"lineage_graph_build_{n_nodes // 1000}k",
             "project_s": project_s, "reference": "floor: bare nx.DiGraph(edges)",
@@ -148,11 +140,11 @@ def bench_upstream(n_nodes: int, days: int) -> dict:
     del clean
     onset = next(iter(bad.values()))
 
-    project_s, analysis = _timed(lambda: upstream_root_cause(graph, bad, wide, settings=DAILY))
+    project_s, analysis = best_of(lambda: upstream_root_cause(graph, bad, wide, settings=DAILY))
     top = analysis.candidates.iloc[0]
     assert top["id"] == source, f"upstream analysis blamed {top['id']}, not {source}"
-    reference_s, naive = _timed(lambda: naive_upstream(graph, bad, wide, onset), repeat=1)
-    floor_s, ancestors = _timed(lambda: set().union(*(
+    reference_s, naive = best_of(lambda: naive_upstream(graph, bad, wide, onset), repeat=1)
+    floor_s, ancestors = best_of(lambda: set().union(*(
         nx.ancestors(graph, graph.graph["feature_nodes"][f]) for f in bad)))
     return {
         "name": f"upstream_rca_{n_nodes // 1000}k",

@@ -32,6 +32,7 @@ import pandas as pd
 
 from bench._sensor_data import (ROWS_PER_FILE, START, alert_lake, snapshot_lake, write_alerts,
                                 write_snapshots)
+from bench.timing import best_of
 from hawkeye_dagster.lake.open import open_lake
 from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
@@ -39,14 +40,6 @@ from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 NEW_ALERTS = 100
 NEW_SNAPSHOTS = 10
 
-
-def _timed(fn, repeat: int = 3):
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, value
 
 
 def _result(name, project_s, reference, reference_s, params) -> dict:
@@ -82,10 +75,10 @@ def bench_alert_tick(histories, n_nodes: int = 2_000) -> list[dict]:
             result = tick(cursor)
             project_s = time.perf_counter() - started
             assert result.run_requests, "the tick found no incident in the new alerts"
-            reference_s, rows = _timed(lambda: open_lake(str(lake)).read("feature_alerts"),
+            reference_s, rows = best_of(lambda: open_lake(str(lake)).read("feature_alerts"),
                                        repeat=1)
             assert len(rows) == history + NEW_ALERTS
-            watermark_s, recent = _timed(lambda: open_lake(str(lake)).read(
+            watermark_s, recent = best_of(lambda: open_lake(str(lake)).read(
                 "feature_alerts", time_range=TimeRange(start=newest)), repeat=1)
             assert len(recent) == NEW_ALERTS
             results.append(_result(
@@ -133,7 +126,7 @@ def bench_snapshot_tick(histories) -> list[dict]:
                 known = set(instance.get_dynamic_partitions(snapshot_partitions.name))
                 return rows[~rows["snapshot_id"].isin(known)]
 
-            reference_s, unseen = _timed(rescan, repeat=1)
+            reference_s, unseen = best_of(rescan, repeat=1)
             assert sorted(unseen["snapshot_id"]) == new
             results.append(_result(
                 f"snapshot_sensor_tick_vs_history_{history}", project_s,

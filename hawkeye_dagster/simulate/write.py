@@ -9,17 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hawkeye_dagster.contract import TABLES, Kind
+from hawkeye_dagster.lake.conform import ARROW_TYPES as CONTRACT_ARROW_TYPES
 from hawkeye_dagster.simulate.requests import START
 
-ARROW_TYPES = {
-    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    Kind.STRING: pa.string(),
-    Kind.FLOAT64: pa.float64(),
-    Kind.FLOAT32: pa.float32(),
-    Kind.INT32: pa.int32(),
-    Kind.INT64: pa.int64(),
-    Kind.STRING_LIST: pa.list_(pa.string()),
-}
+#: the reader's types, with microsecond timestamps as a typical writer stores them
+ARROW_TYPES = {**CONTRACT_ARROW_TYPES, Kind.TIMESTAMP: pa.timestamp("us", tz="UTC")}
 
 
 def timestamps(seconds) -> np.ndarray:
