@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def run_demo(*, headless: bool, progress: Callable[[str], None]) -> int:
         from hawkeye_dagster.triage.command import headless_demo
 
         return headless_demo(lake, progress=progress)
-    dagster = shutil.which("dagster")
+    # the `dagster` installed beside this interpreter, so an unactivated venv works too
+    beside = Path(sys.executable).parent / "dagster"
+    dagster = str(beside) if beside.exists() else shutil.which("dagster")
     if dagster is None:
         raise RuntimeError("the `dagster` command is not on PATH; install the project first")
     # the pause/resume jobs act on the demo_pipelines location through this webserver
