@@ -119,3 +119,32 @@ def test_daily_buckets_and_missing_history():
     # a window before any data: nothing to score, nothing moved
     early = detect_changepoints(wide, utc("2025-01-01"), utc("2025-02-01"))
     assert not early["moved"].any()
+
+
+def _weekend_dip(stats, depth=0.12):
+    """Every node's row count ``depth`` lower on Saturdays and Sundays (2026-10-03/04, ...)."""
+    weekend = stats["ts"].dt.dayofweek >= 5
+    rows = weekend & (stats["stat"] == "row_count")
+    stats = stats.copy()
+    stats.loc[rows, "value"] *= 1 - depth
+    return stats
+
+
+def test_a_first_weekend_after_a_short_history_is_not_a_move():
+    # history from Thursday 2026-10-01: the reference of a Sunday scan has seen one Saturday
+    # morning and no Sunday, so the weekend's dip is not known to be normal, only possible
+    wide = pivot_node_stats(_weekend_dip(node_stats()))
+    found = detect_changepoints(wide, utc("2026-10-03 10:00"), utc("2026-10-06"))
+    assert not found["moved"].any()
+    # a week later every weekday is in the reference: the same dip is expected, still no move
+    later = detect_changepoints(wide, utc("2026-10-10 10:00"), utc("2026-10-13"))
+    assert not later["moved"].any()
+
+
+def test_a_break_on_that_first_weekend_is_still_found():
+    stats = shift(_weekend_dip(node_stats()), ["t1"], "mean", "2026-10-04 12:00",
+                  lambda v: v * 3)
+    found = detect_changepoints(pivot_node_stats(stats), utc("2026-10-03 10:00"),
+                                utc("2026-10-06")).set_index(["node_id", "stat"])
+    assert found["moved"].sum() == 1
+    assert found.loc[("t1", "mean"), "onset"] == utc("2026-10-04 12:00")

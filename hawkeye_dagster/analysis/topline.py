@@ -78,9 +78,12 @@ def seasonal_robust_z(wide: pd.DataFrame, reference_end: pd.Timestamp | None, *,
     ratio to (difference from) that profile, so a weekend is compared with
     weekends where the reference has them. The scale is the MAD (times
     1.4826) of the reference residuals, inflated by ``sqrt(n / (n - 1) *
-    (1 + pi / 2n))`` for a profile taken from ``n`` days (in-sample residuals
+    (1 + pi / 2n))`` for a profile taken from ``n`` days of data (in-sample residuals
     understate new days' errors), and floored so a flat series does not give
-    infinite scores. When less than ``min_reference`` precedes
+    infinite scores. A weekday the reference lacks (history shorter than a
+    week) has an unknown factor: its buckets' scale also takes in how much
+    the reference's weekdays differ (the root mean square of their factors),
+    so a first weekend is not mistaken for a break. When less than ``min_reference`` precedes
     ``reference_end`` (or it is ``None``), the first ``min_reference`` of the
     grid is the reference.
 
@@ -97,8 +100,9 @@ def seasonal_robust_z(wide: pd.DataFrame, reference_end: pd.Timestamp | None, *,
 
     reference = wide.loc[in_reference]
     profile = reference.groupby(phase[in_reference]).median().reindex(phase).set_axis(grid)
+    unseen_weekday = 0.0
     if period > 1:
-        profile = _weekday_adjusted(wide, profile, in_reference)
+        profile, unseen_weekday = _weekday_adjusted(wide, profile, in_reference)
     residual = wide - profile
     ref_residual = residual.loc[in_reference].to_numpy(float)
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -106,17 +110,20 @@ def seasonal_robust_z(wide: pd.DataFrame, reference_end: pd.Timestamp | None, *,
         centre = np.nanmedian(ref_residual, axis=0)
         scale = 1.4826 * np.nanmedian(np.abs(ref_residual - centre), axis=0)
         level = np.nanmedian(np.abs(reference.to_numpy(float)), axis=0)
-    # in-sample residuals understate the error of a median of n values on new days
-    n = max(in_reference.sum() / period, 2.0)
+    # in-sample residuals understate the error of a median of n values on new days; n counts
+    # the days each series has data for, not the reference's length on the grid
+    n = np.fmax(np.isfinite(reference.to_numpy(float)).sum(axis=0) / period, 2.0)
     scale = scale * np.sqrt(n / (n - 1) * (1 + np.pi / (2 * n)))
     scale = np.fmax(scale, _MIN_RELATIVE_SCALE * np.fmax(level, 1.0))
-    return profile, residual / scale, reference_end
+    return profile, residual / np.sqrt(scale**2 + unseen_weekday**2), reference_end
 
 
 def _weekday_adjusted(wide: pd.DataFrame, profile: pd.DataFrame,
-                      in_reference: np.ndarray) -> pd.DataFrame:
+                      in_reference: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """``profile`` scaled (positive series) or shifted (others) by each weekday's median
-    departure from it in the reference; weekdays the reference lacks are left as they are.
+    departure from it in the reference; weekdays the reference lacks are left as they are,
+    and returned with the uncertainty of their unknown departure (``[T, S]``, in the series'
+    units; 0 on weekdays the reference has): the root mean square of the known departures.
 
     Each departure is shrunk towards none by its own sampling error
     (``d * max(0, 1 - se^2 / d^2)``, ``se`` from the spread of the reference's
@@ -133,7 +140,11 @@ def _weekday_adjusted(wide: pd.DataFrame, profile: pd.DataFrame,
     se2 = (np.pi / 2) * spread**2 / count.where(count > 0)
     shrunk = by_day * (1 - se2 / by_day**2).clip(lower=0.0)
     shift = shrunk.reindex(weekday).set_axis(wide.index).fillna(0.0)
-    return (profile * (1 + shift)).where(positive, profile + shift, axis=1)
+    spread = np.sqrt((shrunk**2).mean())  # [S]; NaN for a series with no reference at all
+    unseen = (count.reindex(weekday).fillna(0).to_numpy() == 0) * spread.fillna(0.0).to_numpy()
+    unseen = np.where(positive.to_numpy(), np.abs(profile.to_numpy(float)) * unseen, unseen)
+    adjusted = (profile * (1 + shift)).where(positive, profile + shift, axis=1)
+    return adjusted, np.nan_to_num(unseen)
 
 
 def detect_topline_anomalies(metrics: pd.DataFrame, window: TimeRange | None = None, *,
