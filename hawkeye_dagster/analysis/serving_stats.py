@@ -16,7 +16,9 @@ from hawkeye_dagster.analysis.feature_stats import (N_BINS, PREDICTION, FeatureS
                                                     ReferenceProfile, hourly_stats,
                                                     reference_edges)
 from hawkeye_dagster.errors import UnknownIdError
+from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.sql import SqlLake
 
 #: rows sampled across the days that bin edges are learned from
 EDGE_ROWS = 100_000
@@ -85,6 +87,23 @@ def lake_stats(reader: TelemetryReader, model_id: str, features: list[str], span
         return None
     sampled = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame()
     return SpanStats(FeatureStats.concat(parts), sampled)
+
+
+def lake_hourly_stats(reader: TelemetryReader, model_id: str, time_range: TimeRange,
+                      columns: list[str], edges: np.ndarray) -> FeatureStats | None:
+    """Hourly statistics of a model's ``columns`` (shape (C,)) over ``time_range`` on ``edges``
+    (shape (C, B - 1)); ``None`` when it served nothing then.
+
+    Telemetry in a SQL database is summarized by the database, so only per-hour aggregates
+    and histograms leave it (:func:`~hawkeye_dagster.lake.pushdown_stats.hourly_feature_stats`;
+    SQLite, lacking ``percentile_cont``, also hands over the finite values for the quantiles);
+    a Parquet lake's rows are read and summarized here. Both paths give the same statistics.
+    """
+    if isinstance(reader, SqlLake):
+        return hourly_feature_stats(reader, columns, edges, time_range=time_range,
+                                    equals={"model_id": model_id})
+    rows = reader.serving_samples(model_id, time_range, columns=["ts", *columns])
+    return hourly_stats(rows, columns, edges) if len(rows) else None
 
 
 def lake_reference(reader: TelemetryReader, model_id: str, span: TimeRange, *,

@@ -8,6 +8,9 @@ tolerance): nulls and NaNs are counted as missing, infinities counted apart, and
 statistic is over the finite values. Quantiles use ``percentile_cont`` (linear interpolation,
 numpy's default) where the dialect has it (PostgreSQL); elsewhere (SQLite) only the time
 column and the requested columns are pulled and the quantiles computed here.
+:func:`hourly_histograms` counts and sums the finite values in fixed bins per hour with the
+bins of ``hourly_stats``; :mod:`hawkeye_dagster.lake.pushdown_stats` joins both into its
+``FeatureStats``.
 
 Queries are SQLAlchemy Core with bound parameters and quoted identifiers, so feature names
 with quotes, dots or non-ASCII letters need no care.
@@ -22,13 +25,17 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from hawkeye_dagster.analysis.feature_stats import QUANTILE_NAMES, QUANTILES
+from hawkeye_dagster.analysis.feature_stats import QUANTILE_NAMES, QUANTILES, _check_edges
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.reader import TimeRange, table_spec
 from hawkeye_dagster.lake.sql import SqlLake
 
 #: columns summarized per query (PostgreSQL allows 1664 select items; each column takes 8)
 COLUMNS_PER_QUERY = 150
+#: bins per histogram statement, all columns together (SQLite binds about two values per bin,
+#: and allows 32766), and columns per statement at most (SQLite allows 500 UNION ALL branches)
+BINS_PER_QUERY = 6000
+HISTOGRAM_COLUMNS_PER_QUERY = 500
 SUMS = ("count", "n_null", "n_inf", "n_finite", "sum", "sum_sq", "min", "max")
 HOUR = "hour"
 
@@ -61,19 +68,10 @@ def hourly_aggregates(lake: SqlLake, table: str, columns: Sequence[str], *,
         (population) and, with ``quantiles``, ``p1`` .. ``p99``; statistics of an hour without
         a finite value are NaN.
     """
-    spec = table_spec(table)
-    if spec.time_column is None:
-        raise ContractError("table has no time column to group by hour", table=table)
-    t = lake.table(spec)
-    if t is None:
+    scope = _scope(lake, table, columns, time_range, equals)
+    if scope is None:
         return _empty(quantiles)
-    missing = [c for c in [*columns, *(equals or {})] if c not in t.c]
-    if missing:
-        raise ContractError("no such column in the table", table=table, column=missing[0])
-    hour = _hour(lake, t.c[spec.time_column])
-    where = [t.c[k] == v for k, v in (equals or {}).items()]
-    if time_range is not None:
-        where += lake.time_bounds(t.c[spec.time_column], time_range, exact=True)
+    t, hour, where = scope
     in_sql = quantiles and lake.engine.dialect.name == "postgresql"
     frames = [_query(lake, t, hour, where, columns[i:i + COLUMNS_PER_QUERY], in_sql)
               for i in range(0, len(columns), COLUMNS_PER_QUERY)]
@@ -82,6 +80,104 @@ def hourly_aggregates(lake: SqlLake, table: str, columns: Sequence[str], *,
         result = result.merge(_pulled_quantiles(lake, t, hour, where, columns),
                               on=[HOUR, "column"], how="left")
     return _derived(result)
+
+
+def hourly_histograms(lake: SqlLake, table: str, columns: Sequence[str], edges: np.ndarray, *,
+                      time_range: TimeRange | None = None,
+                      equals: dict[str, object] | None = None) -> pd.DataFrame:
+    """Per-UTC-hour histograms of the finite values of ``columns`` on fixed bins, computed in
+    the database, with the bins of :func:`~hawkeye_dagster.analysis.feature_stats.hourly_stats`.
+
+    Bin ``k`` holds the values with ``edges[k - 1] <= v < edges[k]`` (open-ended at both ends)
+    once ``v`` is rounded to float32, as the pandas path rounds it: the database compares the
+    unrounded value with :func:`bin_thresholds`, so no value near an edge changes bin.
+    PostgreSQL finds the bin with ``width_bucket`` (a binary search), other databases with a
+    ``CASE`` ladder.
+
+    Each column's bin is its own grouping key, so each column is one ``GROUP BY hour, bin``
+    branch of a ``UNION ALL``: one statement per block of columns (bounded in size and in
+    branches), and at most H x B rows per column come back, however many samples there are.
+
+    Parameters
+    ----------
+    lake, table, time_range, equals
+        As :func:`hourly_aggregates` takes them (the same rows are summarized).
+    columns : sequence of str, length C
+        Numeric columns.
+    edges : array, shape (C, B - 1)
+        Bin edges per column, finite and ascending (a reference profile's).
+
+    Returns
+    -------
+    DataFrame, one row per (hour, column, bin) holding a finite value
+        ``hour`` (tz-aware UTC), ``column``, ``bin`` (0 .. B - 1), ``count`` and ``sum`` of
+        the bin's values.
+    """
+    thresholds = bin_thresholds(_check_edges(edges, len(columns)))
+    scope = _scope(lake, table, columns, time_range, equals)
+    if scope is None:
+        return _empty_histograms()
+    t, hour, where = scope
+    width = max(1, min(HISTOGRAM_COLUMNS_PER_QUERY, BINS_PER_QUERY // (thresholds.shape[1] + 1)))
+    rows = []
+    for start in range(0, len(columns), width):
+        block = range(start, min(start + width, len(columns)))
+        query = sa.union_all(*(_histogram(lake, t.c[columns[k]], k, thresholds[k], hour, where)
+                               for k in block))
+        with lake.engine.connect() as conn:
+            rows += conn.execute(query).all()
+    if not rows:
+        return _empty_histograms()
+    frame = pd.DataFrame(rows, columns=["column", HOUR, "bin", "count", "sum"])
+    frame["column"] = np.asarray(columns, dtype=object)[frame["column"].to_numpy(np.int64)]
+    frame[HOUR] = pd.to_datetime(frame[HOUR], utc=True)
+    return frame.astype({"bin": np.int64, "count": np.int64, "sum": np.float64})[
+        [HOUR, "column", "bin", "count", "sum"]]
+
+
+def bin_thresholds(edges: np.ndarray) -> np.ndarray:
+    """Float64 lower bounds that bin values as :func:`hourly_stats` bins their float32 roundings.
+
+    A value rounds (to nearest, ties to even) to a float32 at or above the float32 edge ``e``
+    exactly when it is at or above the midpoint between ``e`` and the float32 below ``e``; the
+    midpoint itself rounds to ``e`` only when ``e``'s last significand bit is 0. The midpoint
+    is exact in float64, so ``value >= threshold`` in the database needs no rounding, whether
+    the column is stored as float32 or float64.
+
+    Parameters
+    ----------
+    edges : array, shape (C, B - 1)
+        Ascending float32 bin edges.
+
+    Returns
+    -------
+    float64 array, shape (C, B - 1)
+        Ascending per column; the bin of a value is the number of thresholds at or below it.
+    """
+    edge = np.asarray(edges, np.float32) + np.float32(0)  # -0.0 as +0.0, as hourly_stats has it
+    below = np.nextafter(edge, np.float32(-np.inf)).astype(np.float64)
+    midpoint = (edge.astype(np.float64) + below) / 2
+    ties_to_edge = (edge.view(np.uint32) & 1) == 0
+    return np.where(ties_to_edge, midpoint, np.nextafter(midpoint, np.inf))
+
+
+def _scope(lake: SqlLake, table: str, columns: Sequence[str], time_range: TimeRange | None,
+           equals: dict[str, object] | None) -> tuple[sa.Table, sa.ColumnElement, list] | None:
+    """The table, its hour expression and the WHERE conditions of a request (``None`` for an
+    absent optional table), shared by every push-down query so that they see the same rows."""
+    spec = table_spec(table)
+    if spec.time_column is None:
+        raise ContractError("table has no time column to group by hour", table=table)
+    t = lake.table(spec)
+    if t is None:
+        return None
+    missing = [c for c in [*columns, *(equals or {})] if c not in t.c]
+    if missing:
+        raise ContractError("no such column in the table", table=table, column=missing[0])
+    where = [t.c[k] == v for k, v in (equals or {}).items()]
+    if time_range is not None:
+        where += lake.time_bounds(t.c[spec.time_column], time_range, exact=True)
+    return t, _hour(lake, t.c[spec.time_column]), where
 
 
 def _hour(lake: SqlLake, ts: sa.Column):
@@ -136,6 +232,31 @@ def _query(lake: SqlLake, t: sa.Table, hour, where: list, columns: Sequence[str]
     return frame
 
 
+def _histogram(lake: SqlLake, column: sa.Column, index: int, thresholds: np.ndarray, hour,
+               where: list) -> sa.Select:
+    """One column's ``GROUP BY hour, bin`` branch over its finite values, named by ``index``.
+
+    The bin is a column of a subquery, grouped by, so its expression (with its bound
+    thresholds) appears once in the statement.
+    """
+    rows = sa.select(hour.label(HOUR), _finite(column)[0].label("value")).where(*where).subquery()
+    value = rows.c.value
+    if lake.engine.dialect.name == "postgresql":
+        bin_ = sa.func.width_bucket(value, sa.literal(thresholds.tolist(),
+                                                      postgresql.ARRAY(sa.Double())))
+    elif len(thresholds):
+        bin_ = sa.case(*((value < bound, k) for k, bound in enumerate(thresholds.tolist())),
+                       else_=len(thresholds))
+    else:
+        bin_ = sa.literal(0)
+    binned = sa.select(rows.c[HOUR], bin_.label("bin"), value).where(
+        value.is_not(None)).subquery()
+    return (sa.select(sa.literal(index, sa.Integer()).label("column"), binned.c[HOUR],
+                      binned.c.bin, sa.func.count().label("count"),
+                      sa.func.sum(binned.c.value).label("sum"))
+            .group_by(binned.c[HOUR], binned.c.bin))
+
+
 def _pulled_quantiles(lake: SqlLake, t: sa.Table, hour, where: list,
                       columns: Sequence[str]) -> pd.DataFrame:
     """Quantiles where the database has no ``percentile_cont``: only the hour and the
@@ -172,3 +293,9 @@ def _empty(quantiles: bool) -> pd.DataFrame:
     frame[HOUR] = pd.Series(dtype="datetime64[ns, UTC]")
     frame["column"] = pd.Series(dtype=object)
     return frame
+
+
+def _empty_histograms() -> pd.DataFrame:
+    return pd.DataFrame({HOUR: pd.Series(dtype="datetime64[ns, UTC]"),
+                         "column": pd.Series(dtype=object), "bin": pd.Series(dtype=np.int64),
+                         "count": pd.Series(dtype=np.int64), "sum": pd.Series(dtype=np.float64)})
