@@ -9,13 +9,13 @@
   where the feature alert sensor picks them up;
 - ``feature_drift`` (per day and model): drift of every feature and of the
   predictions against the reference, from the stored statistics only;
-- ``feature_importance`` (per snapshot): ablation importance change against
-  the previous operationally stable snapshot;
 - ``feature_ranking`` (per model): the features that explain a prediction
   anomaly in a configurable window.
 
-Outputs go to storage under ``features/<model>/`` (importance: with the
-snapshot's other diagnoses under ``snapshots/<snapshot>/``). Heavy imports
+A snapshot's importance change is ``snapshot_importance_change``, with the
+snapshot's other diagnoses (:mod:`hawkeye_dagster.assets.snapshots`).
+
+Outputs go to storage under ``features/<model>/``. Heavy imports
 (torch, scipy, Great Expectations, matplotlib) happen inside the assets only.
 """
 
@@ -24,8 +24,7 @@ import base64
 import dagster as dg
 import pandas as pd
 
-from hawkeye_dagster.assets.partitions import (model_day_partitions, model_partitions,
-                                               snapshot_partitions)
+from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
 from hawkeye_dagster.assets.telemetry import telemetry_key
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
@@ -34,7 +33,6 @@ from hawkeye_dagster.sensors.feature_alerts import HEALTH_ALERTS_DIR
 GROUP = "features"
 OWNERS = ["team:ml-features"]
 STORE = "features"
-SNAPSHOT_STORE = "snapshots"
 CHECK_DESCRIPTIONS = {
     "missing_values": "Hourly null/NaN and infinite fractions within the per-feature limits "
                       "learned from the reference window.",
@@ -163,8 +161,8 @@ def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
     from hawkeye_dagster.analysis.drift import drift_table
     from hawkeye_dagster.analysis.feature_health import CHECKS, check_frame
     from hawkeye_dagster.analysis.feature_plots import shifted_features_plot
-    from hawkeye_dagster.analysis.feature_stats import PREDICTION, hourly_stats
-    from hawkeye_dagster.analysis.serving_stats import model_features
+    from hawkeye_dagster.analysis.feature_stats import PREDICTION
+    from hawkeye_dagster.analysis.serving_stats import lake_hourly_stats, model_features
 
     reader = telemetry.reader()
     done, frames, shifted, references = [], [], None, {}
@@ -175,16 +173,15 @@ def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                                     storage.read_parquet(STORE, model_id, "thresholds.parquet"))
         reference, features, thresholds = references[model_id]
         columns = [*features, PREDICTION]
-        rows = reader.serving_samples(model_id, TimeRange(day, day + _DAY),
-                                      columns=["ts", *columns])
-        if rows.empty:
+        stats = lake_hourly_stats(reader, model_id, TimeRange(day, day + _DAY), columns,
+                                  reference.edges_for(columns))
+        if stats is None:
             context.log.info(f"{model_id} served nothing on {day:%Y-%m-%d}")
             continue
-        stats = hourly_stats(rows, columns, reference.edges_for(columns))
         storage.write_parquet(stats.to_frame(), STORE, model_id, "stats", f"{day:%Y-%m-%d}.parquet")
         frames.append((model_id, day,
                        check_frame(stats, reference, thresholds.set_index("column"))))
-        done.append((model_id, day, len(rows)))
+        done.append((model_id, day, int(stats.counts["count"][:, 0].sum())))  # rows, any column
         drift = drift_table(stats, reference)
         if shifted is None or drift["psi"].max() > shifted[2]["psi"].max():
             shifted = (stats, reference, drift, model_id, day)
@@ -279,55 +276,6 @@ def feature_drift(context: dg.AssetExecutionContext,
     })
 
 
-# --- importance change per snapshot -----------------------------------------------------------
-
-@dg.asset(
-    group_name=GROUP, owners=OWNERS, kinds={"pytorch", "parquet"},
-    partitions_def=snapshot_partitions,
-    deps=["snapshot_baseline", _all("serving_samples")],
-    description="Ablation importance of every feature under the snapshot and under its "
-                "latest operationally stable predecessor on the same recent served rows "
-                "(features replaced by their mean), with a bootstrap over rows: the features "
-                "whose importance changed significantly.",
-)
-def feature_importance(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
-                       storage: HawkeyeStorage) -> dg.MaterializeResult:
-    import numpy as np
-    import torch
-
-    from hawkeye_dagster.analysis.ablation import ablation_attributions, importance_change
-    from hawkeye_dagster.analysis.feature_plots import importance_plot
-    from hawkeye_dagster.assets.snapshots import served_inputs
-    from hawkeye_dagster.snapshot_io import load_artifact
-
-    sid = context.partition_key
-    reader = telemetry.reader()
-    base = storage.read_json(SNAPSHOT_STORE, sid, "baseline.json")
-    if not base["stable"]:
-        return dg.MaterializeResult(metadata={"skipped": "no stable snapshot to compare with"})
-    rows = served_inputs(reader, base["model_id"], base["features"],
-                         pd.Timestamp(base["published_at"]))
-    if rows.empty:
-        return dg.MaterializeResult(metadata={"skipped": "no served inputs for the model"})
-    x = torch.tensor(rows[base["features"]].to_numpy(np.float32, na_value=np.nan))
-    baselines = torch.nan_to_num(x.nanmean(dim=0))
-    previous = base["stable"][-1]
-    snapshots = ((sid, base["artifact"]), (previous["snapshot_id"], previous["artifact"]))
-    attributions = [
-        ablation_attributions(load_artifact(reader, artifact, snapshot_id=s).module(), x, baselines)
-        for s, artifact in snapshots
-    ]
-    table = importance_change(*attributions, base["features"])
-    storage.write_parquet(table, SNAPSHOT_STORE, sid, "importance.parquet")
-    return dg.MaterializeResult(metadata={
-        "reference": previous["snapshot_id"], "rows": len(rows),
-        "significant": int(table["significant"].sum()),
-        "changes": _table(table[["feature", "ratio", "ratio_low", "ratio_high", "p_value",
-                                 "significant"]]),
-        "plot": _image(storage, importance_plot(table), SNAPSHOT_STORE, sid, "importance.png"),
-    })
-
-
 # --- the ranked feature list ------------------------------------------------------------------
 
 class RankingConfig(dg.Config):
@@ -391,6 +339,6 @@ feature_monitoring_job = dg.define_asset_job(
     description="Statistics, health checks and drift of a model's day (backfill any range).")
 
 defs = dg.Definitions(
-    assets=[feature_reference, feature_stats, feature_drift, feature_importance, feature_ranking],
+    assets=[feature_reference, feature_stats, feature_drift, feature_ranking],
     jobs=[feature_monitoring_job],
 )

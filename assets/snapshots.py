@@ -13,7 +13,6 @@ Outputs go to storage under ``snapshots/<snapshot_id>/``. Heavy imports
 """
 
 import base64
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import dagster as dg
@@ -214,24 +213,13 @@ def _baseline(storage: HawkeyeStorage, snapshot_id: str) -> dict:
 )
 def snapshot_weight_diff(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                          storage: HawkeyeStorage) -> dg.MaterializeResult:
-    from hawkeye_dagster.analysis.weight_diff import (
-        SnapshotWeights, weight_change_history, weight_diff)
+    from hawkeye_dagster.analysis.snapshot_report import weight_change
 
-    reader = telemetry.reader()
     base = _baseline(storage, context.partition_key)
-    with ExitStack() as stack:
-        def weights(artifact: str) -> SnapshotWeights:
-            name = reader.resolve_artifact(artifact)
-            try:
-                fh = stack.enter_context(reader.open_artifact(artifact))
-            except OSError as exc:
-                raise BadSnapshotError(f"artifact file missing or unreadable: {exc}",
-                                       file=name) from exc
-            return SnapshotWeights(fh, name=name)
-
-        stable = [weights(s["artifact"]) for s in base["stable"]]
-        diff = weight_diff(weights(base["artifact"]), stable[-1] if stable else None,
-                           weight_change_history(stable))
+    artifacts = {s["snapshot_id"]: s["artifact"] for s in base["stable"]}
+    artifacts[context.partition_key] = base["artifact"]
+    diff = weight_change(telemetry.reader(), artifacts, context.partition_key,
+                         [s["snapshot_id"] for s in base["stable"]])
     storage.write_parquet(diff.astype({"shape": str, "reference_shape": str}),
                           STORE, context.partition_key, "weight_diff.parquet")
     flagged = diff[diff["flagged"]]
@@ -253,8 +241,7 @@ def snapshot_weight_diff(context: dg.AssetExecutionContext, telemetry: Telemetry
 )
 def snapshot_activations(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                          storage: HawkeyeStorage) -> dg.MaterializeResult:
-    from hawkeye_dagster.analysis.activations import diagnose_activations
-    from hawkeye_dagster.snapshot_io import load_artifact
+    from hawkeye_dagster.analysis.snapshot_report import activation_check, activation_summary
 
     reader = telemetry.reader()
     base = _baseline(storage, context.partition_key)
@@ -264,15 +251,9 @@ def snapshot_activations(context: dg.AssetExecutionContext, telemetry: Telemetry
         summary = {"skipped": "no served inputs for the model"}
         storage.write_json(summary, STORE, context.partition_key, "activations.json")
         return dg.MaterializeResult(metadata={"skipped": summary["skipped"]})
-    program = load_artifact(reader, base["artifact"], snapshot_id=context.partition_key)
-    found = diagnose_activations(program.module(), inputs[base["features"]].to_numpy(np.float32),
-                                 base["features"], model_id=base["model_id"])
-    summary = {"healthy": found.healthy, "rows": found.rows, "bad_rows": found.bad_rows,
-               "bad_output_rows": found.bad_output_rows, "origins": found.origins,
-               "path": found.path, "nonfinite_parameters": found.nonfinite_parameters,
-               "responsible_features": found.responsible_features, "verified": found.verified,
-               "features": found.features.to_dict("records"), "guards": found.guards,
-               "summary": found.summary()}
+    found = activation_check(reader, base["artifact"], inputs, base["features"],
+                             model_id=base["model_id"], snapshot_id=context.partition_key)
+    summary = activation_summary(found)
     storage.write_json(summary, STORE, context.partition_key, "activations.json")
     storage.write_parquet(found.nodes.astype({"shape": str}), STORE, context.partition_key,
                           "activation_nodes.parquet")
@@ -289,14 +270,17 @@ def snapshot_activations(context: dg.AssetExecutionContext, telemetry: Telemetry
     group_name=GROUP, owners=OWNERS,
     kinds={"pytorch", "parquet"}, partitions_def=snapshot_partitions,
     deps=["snapshot_baseline", _all("serving_samples")],
-    description="Feature ablation importance of the snapshot against the latest stable one on "
-                "the same served rows, ranked by how much it changed (bootstrap-tested).",
+    description="Ablation importance of every feature under the snapshot and under its latest "
+                "operationally stable predecessor on the same recent served rows (features "
+                "replaced by their mean), with a bootstrap over rows: the features whose "
+                "importance changed significantly, most changed first.",
 )
 def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                                storage: HawkeyeStorage) -> dg.MaterializeResult:
     import torch
 
     from hawkeye_dagster.analysis.ablation import ablation_attributions, importance_change
+    from hawkeye_dagster.analysis.feature_plots import importance_plot
     from hawkeye_dagster.snapshot_io import load_artifact
 
     reader = telemetry.reader()
@@ -322,11 +306,16 @@ def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: Tel
     storage.write_parquet(change, STORE, sid, "importance.parquet")
     storage.write_json({"reference": base["reference"], "rows": int(scored.sum())},
                        STORE, sid, "importance.json")
-    return dg.MaterializeResult(metadata={
+    metadata = {
         "reference": base["reference"], "rows": int(scored.sum()),
         "significant": int(change["significant"].sum()),
-        "ranking": _table(change[["feature", "ratio", "p_value", "significant"]], limit=10),
-    })
+        "ranking": _table(change[["feature", "ratio", "ratio_low", "ratio_high", "p_value",
+                                  "significant"]], limit=10),
+    }
+    if (np.isfinite(change["ratio"]) & (change["ratio"] > 0)).any():
+        metadata["plot"] = dg.MetadataValue.md(
+            _image(storage, importance_plot(change), STORE, sid, "importance.png"))
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(
@@ -340,8 +329,8 @@ def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: Tel
 )
 def snapshot_training(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                       storage: HawkeyeStorage) -> dg.MaterializeResult:
-    from hawkeye_dagster.analysis.training_diagnosis import (
-        curve_checks, diagnose_partitions, neighbour_partitions, training_lineage)
+    from hawkeye_dagster.analysis.snapshot_report import training_check
+    from hawkeye_dagster.analysis.training_diagnosis import training_lineage
 
     reader = telemetry.reader()
     sid = context.partition_key
@@ -352,28 +341,20 @@ def snapshot_training(context: dg.AssetExecutionContext, telemetry: TelemetrySou
         storage.write_json({"skipped": "the snapshot names no known training run"},
                            STORE, sid, "training.json")
         return dg.MaterializeResult(metadata={"skipped": "no known training run"})
-    metrics = reader.read("training_metrics", equals={"training_run_id": lineage.training_run_id})
-    curves = curve_checks(metrics)
-    curve = curves.iloc[0].to_dict() if len(curves) else None
-    listing = reader.read("training_data", columns=["partition"],
-                          equals={"dataset_id": lineage.dataset_id})["partition"].unique()
-    train = reader.training_data(lineage.dataset_id,
-                                 neighbour_partitions(listing, lineage.partitions),
-                                 columns=["partition", "label", *base["features"]])
     serving = served_inputs(reader, base["model_id"], base["features"],
                             pd.Timestamp(base["published_at"]))
-    found = diagnose_partitions(train, lineage.partitions, serving, base["features"],
-                                base["task"], lineage.dataset_id)
+    checked = training_check(reader, lineage, base["features"], base["task"], serving)
+    curve, ranked = checked.curve, checked.partitions.ranked
     storage.write_json({"training_run_id": lineage.training_run_id,
                         "dataset_id": lineage.dataset_id, "partitions": lineage.partition_keys,
                         "curve": curve}, STORE, sid, "training.json")
-    storage.write_parquet(metrics[["step", "loss", "grad_norm"]], STORE, sid,
+    storage.write_parquet(checked.metrics[["step", "loss", "grad_norm"]], STORE, sid,
                           "training_metrics.parquet")
-    storage.write_parquet(found.ranked, STORE, sid, "training_partitions.parquet")
+    storage.write_parquet(ranked, STORE, sid, "training_partitions.parquet")
     return dg.MaterializeResult(metadata={
         "training_run_id": lineage.training_run_id, "partitions": len(lineage.partitions),
         "curve": (curve or {}).get("reason") or ("healthy" if curve else "no metrics"),
-        "flagged_partitions": _table(found.ranked[found.ranked["flagged"]]),
+        "flagged_partitions": _table(ranked[ranked["flagged"]]),
     })
 
 

@@ -41,7 +41,8 @@ _CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from hawkeye_dagster.analysis.weight_diff import SnapshotWeights, weight_change_history, weight_diff
+from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
+from hawkeye_dagster.snapshot_io import SnapshotWeights
 
 def status(field):
     line = next(l for l in open("/proc/self/status") if l.startswith(field))
@@ -59,9 +60,9 @@ if mode == "project":
 else:
     flagged = 0
     for path in paths:
-        weights = SnapshotWeights(path)
-        for name in weights.names:
-            weights.tensor(name).sum()
+        with SnapshotWeights(path) as weights:
+            for name in weights.names:
+                weights.tensor(name).sum()
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak_kib": status("VmHWM:") - before, "flagged": flagged}))
 """

@@ -26,6 +26,12 @@ The zip container is checked too: a pickle or a non-zip file, truncated
 archives, CRC errors, absolute or ``..`` entry names, duplicate entries,
 encryption, and a total uncompressed size above a limit (zip bombs). The
 checked bytes are the ones loaded, so nothing can change in between.
+
+Every read of a snapshot file goes through these checks: whole programs
+through :func:`load_snapshot` / :func:`load_artifact`, and weights one
+tensor at a time (weight diffs of large snapshots) through
+:class:`SnapshotWeights` / :func:`artifact_weights`, which read the raw
+tensor entries of a checked archive and never build the program.
 """
 
 from __future__ import annotations
@@ -38,15 +44,19 @@ import math
 import operator
 import pickletools
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 import sympy
 import torch
-from torch._export.serde.serialize import _SYM_OPS
+from torch._export.serde.schema import ScalarType
+from torch._export.serde.serialize import _SYM_OPS, deserialize_scalar_type
 from torch.export.pt2_archive import constants as pt2
 
 from hawkeye_dagster.errors import BadSnapshotError
@@ -164,55 +174,252 @@ def load_snapshot(source: str | Path | BinaryIO, *, snapshot_id: str | None = No
 def load_artifact(reader: TelemetryReader, artifact: str, *,
                   snapshot_id: str | None = None) -> torch.export.ExportedProgram:
     """Load the artifact named in ``snapshots.artifact`` of a lake (a missing file is bad input)."""
-    name = reader.resolve_artifact(artifact)
-    try:
-        fh = reader.open_artifact(artifact)
-    except OSError as exc:
-        raise BadSnapshotError("artifact file missing or unreadable", file=name,
-                               snapshot_id=snapshot_id) from exc
+    name, fh = _open_artifact(reader, artifact, snapshot_id)
     with fh:
         return load_snapshot(fh, snapshot_id=snapshot_id, name=name)
 
 
-def check_archive(data: bytes, *, name: str, snapshot_id: str | None = None,
-                  max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
-    """Refuse, with :class:`BadSnapshotError`, bytes that are not a safe ``torch.export`` archive.
+def _open_artifact(reader: TelemetryReader, artifact: str,
+                   snapshot_id: str | None) -> tuple[str, BinaryIO]:
+    """An artifact's name (path or URL) and open file; a missing file is bad input."""
+    name = reader.resolve_artifact(artifact)
+    try:
+        return name, reader.open_artifact(artifact)
+    except OSError as exc:
+        raise BadSnapshotError(f"artifact file missing or unreadable: {exc}", file=name,
+                               snapshot_id=snapshot_id) from exc
 
-    See the module docstring for what is checked and why. Reads the bytes
-    only: nothing is unpickled, imported, compiled or evaluated.
+
+class _Record(NamedTuple):
+    """Where a state-dict tensor's raw bytes are in the archive, and how to view them."""
+
+    entry: zipfile.ZipInfo
+    dtype: torch.dtype
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    is_param: bool
+
+
+class SnapshotWeights:
+    """The state-dict tensors of a ``.pt2`` snapshot, read one at a time, never unpickled.
+
+    The archive passes :func:`check_archive` first, then each tensor is read
+    from its raw weight entry (what ``torch.export.load`` reads) without
+    building the program. ``source`` is a path, the archive's bytes or a
+    binary file object; a seekable file is read in place, not whole into
+    memory, so memory stays near one tensor per open snapshot. Each tensor's
+    bytes are checked against the CRC of the entry as checked, so a file that
+    changes in between is refused rather than read. Use it as a context
+    manager, or :meth:`close` it, to release a file it opened (or was given
+    with ``close_source``). Anything wrong is a :class:`BadSnapshotError`
+    naming ``name``.
     """
+
+    #: bytes read from the archive at a time
+    CHUNK = 16 * 1024**2
+
+    def __init__(self, source: str | PathLike | bytes | BinaryIO, *, name: str | None = None,
+                 snapshot_id: str | None = None, max_bytes: int = MAX_ARCHIVE_BYTES,
+                 close_source: bool = False):
+        self._file = None
+        if isinstance(source, (str, PathLike)):
+            #: what errors call the archive
+            self.path = name or str(source)
+            try:
+                self._file = stream = open(source, "rb")
+            except OSError as exc:
+                raise BadSnapshotError(f"cannot read: {exc.strerror or exc}", file=self.path,
+                                       snapshot_id=snapshot_id) from exc
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            self.path, stream = name or "<snapshot bytes>", source
+        else:
+            self._file = source if close_source else None
+            self.path = name or str(getattr(source, "name", None) or "<snapshot stream>")
+            seekable = getattr(source, "seekable", None)
+            stream = source if seekable is not None and seekable() else source.read(max_bytes + 1)
+        self._refuse = _refuser(self.path, snapshot_id)
+        try:
+            # each entry's CRC is checked as it is read: no separate pass over the archive
+            self._archive, entries = _open_checked(stream, self._refuse, max_bytes,
+                                                   crc_on_read=True)
+            config = _json(entries[_WEIGHTS_CONFIG], self._refuse)["config"]
+            self._records = {fqn: self._record(fqn, meta, entries) for fqn, meta in config.items()}
+        except BaseException:
+            self.close()
+            raise
+        self.names = tuple(self._records)
+
+    def _record(self, fqn: str, meta: dict, entries: dict[str, _Entry]) -> _Record:
+        try:
+            tensor = meta["tensor_meta"]
+            return _Record(
+                entries[pt2.WEIGHTS_DIR + meta["path_name"]].info,
+                deserialize_scalar_type(ScalarType(tensor["dtype"])),
+                tuple(int(d["as_int"]) for d in tensor["sizes"]),
+                tuple(int(d["as_int"]) for d in tensor["strides"]),
+                int(tensor["storage_offset"]["as_int"]),
+                bool(meta["is_param"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._refuse(f"tensor {fqn!r} has malformed metadata ({exc!r})") from None
+
+    def is_param(self, name: str) -> bool:
+        return self._records[name].is_param
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor, in memory of its own (safe to modify)."""
+        r = self._records[name]
+        if r.offset < 0 or min(r.size, default=0) < 0 or min(r.stride, default=0) < 0:
+            raise self._refuse(f"tensor {name!r} has a negative size, stride or offset")
+        if not math.prod(r.size):
+            return torch.empty(r.size, dtype=r.dtype)
+        nbytes = r.entry.file_size
+        numel = nbytes // torch.empty((), dtype=r.dtype).element_size()
+        extent = r.offset + sum((n - 1) * s for n, s in zip(r.size, r.stride)) + 1
+        if extent > numel:
+            raise self._refuse(f"tensor {name!r} needs {extent} values, its entry holds {numel}")
+        buffer = bytearray(nbytes)
+        with memoryview(buffer) as view:
+            try:
+                complete = self._read_into(r.entry, view)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
+                raise self._refuse(f"tensor {name!r} unreadable: {exc}") from None
+        if not complete:
+            raise self._refuse(f"tensor {name!r}: its entry changed since it was checked")
+        flat = torch.frombuffer(buffer, dtype=r.dtype, count=numel)
+        return torch.as_strided(flat, r.size, r.stride, r.offset)
+
+    def _read_into(self, info: zipfile.ZipInfo, view: memoryview) -> bool:
+        """Fill ``view`` with an entry's bytes; whether they were all there and match its CRC.
+
+        A stored entry (what ``torch.export.save`` writes) is read straight into ``view``
+        after its local header is checked as ``zipfile`` checks it; others go through
+        ``zipfile`` (which checks the CRC itself) a chunk at a time.
+        """
+        done = 0
+        if info.compress_type == zipfile.ZIP_STORED:
+            fp = self._archive.fp
+            fp.seek(info.header_offset)
+            header = fp.read(30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                return False
+            name_length, extra_length = struct.unpack("<2H", header[26:])
+            encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+            if fp.read(name_length).decode(encoding) != info.orig_filename:
+                return False
+            fp.seek(extra_length, io.SEEK_CUR)
+            while done < len(view):
+                got = fp.readinto(view[done:])
+                if not got:
+                    break
+                done += got
+            return done == len(view) and zlib.crc32(view) == info.CRC
+        with self._archive.open(info) as fh:  # checks the CRC on reaching the end
+            while done < len(view):
+                chunk = fh.read(min(self.CHUNK, len(view) - done))
+                if not chunk:
+                    break
+                view[done:done + len(chunk)] = chunk
+                done += len(chunk)
+            return done == len(view) and not fh.read(1)
+
+    def close(self) -> None:
+        """Release the archive, and the file if it opened one."""
+        archive = getattr(self, "_archive", None)
+        if archive is not None:
+            archive.close()
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> SnapshotWeights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def artifact_weights(reader: TelemetryReader, artifact: str, *,
+                     snapshot_id: str | None = None) -> SnapshotWeights:
+    """:class:`SnapshotWeights` of the artifact named in ``snapshots.artifact`` of a lake, reading
+    its file in place (close it when done; a missing file is bad input)."""
+    name, fh = _open_artifact(reader, artifact, snapshot_id)
+    return SnapshotWeights(fh, name=name, snapshot_id=snapshot_id, close_source=True)
+
+
+def check_archive(data: bytes | BinaryIO, *, name: str, snapshot_id: str | None = None,
+                  max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
+    """Refuse, with :class:`BadSnapshotError`, an archive that is not a safe ``torch.export`` one.
+
+    ``data`` is the archive's bytes or a seekable binary file (read from its
+    start, left open). See the module docstring for what is checked and why.
+    Reads the bytes only: nothing is unpickled, imported, compiled or evaluated.
+    """
+    archive, _ = _open_checked(data, _refuser(name, snapshot_id), max_bytes)
+    archive.close()
+
+
+def _refuser(name: str, snapshot_id: str | None):
     def refuse(reason: str) -> BadSnapshotError:
         return BadSnapshotError(reason, file=name, snapshot_id=snapshot_id)
 
-    if len(data) > max_bytes:
+    return refuse
+
+
+def _open_checked(data: bytes | BinaryIO, refuse, max_bytes: int, *,
+                  crc_on_read: bool = False) -> tuple[zipfile.ZipFile, dict[str, _Entry]]:
+    """The archive, open, and its entries below the root folder, once every check passed.
+
+    ``crc_on_read``: the caller checks each entry's CRC when it reads the entry (as
+    ``ZipFile.read`` does), so the whole archive is not read once more up front.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        size, head, stream = len(data), bytes(data[:1]), io.BytesIO(data)
+    else:
+        stream = data
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        head = stream.read(1)
+        stream.seek(0)
+    if size > max_bytes:
         raise refuse(f"larger than the {max_bytes}-byte limit")
-    if data[:1] == b"\x80":
+    if head == b"\x80":
         raise refuse("a pickle, not a torch.export archive: refused unread")
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(stream)
     except zipfile.BadZipFile:
         raise refuse("not a zip archive: truncated, or not a torch.export .pt2 file") from None
-    with archive:
-        entries = _entries(archive, refuse, max_bytes)
-        pickles = [e for e in entries if e.endswith(".pkl")]
-        if pickles:
-            raise refuse(f"holds pickle entry {pickles[0]!r} (a torch.save archive?): refused")
-        unexpected = [e for e in entries if not _ENTRIES.fullmatch(e)]
-        if unexpected:
-            raise refuse(f"entry {unexpected[0]!r} is not part of a plain torch.export archive "
-                         "(native code, pickled objects or a second program): refused")
-        missing = [e for e in _REQUIRED if e not in entries]
-        if missing:
-            raise refuse(f"not a torch.export archive: no {missing[0]!r} entry")
-        if entries[pt2.ARCHIVE_FORMAT_PATH].read().strip() != pt2.ARCHIVE_FORMAT_VALUE.encode():
-            raise refuse("not a torch.export archive: wrong archive_format")
-        for config, folder, prefix in [
-            (_WEIGHTS_CONFIG, pt2.WEIGHTS_DIR, pt2.WEIGHT_FILENAME_PREFIX),
-            (_CONSTANTS_CONFIG, pt2.CONSTANTS_DIR, pt2.TENSOR_CONSTANT_FILENAME_PREFIX),
-        ]:
-            _check_payload(_json(entries[config], refuse), folder, prefix, entries, refuse)
-        _check_tensor_pickle(entries[_SAMPLE_INPUTS].read(), refuse)
-        _check_program(_json(entries[_PROGRAM], refuse), refuse)
+    try:
+        return archive, _check_entries(archive, refuse, max_bytes, crc_on_read)
+    except BaseException:
+        archive.close()
+        raise
+
+
+def _check_entries(archive: zipfile.ZipFile, refuse, max_bytes: int,
+                   crc_on_read: bool = False) -> dict[str, _Entry]:
+    """Everything :func:`check_archive` checks inside the zip container."""
+    entries = _entries(archive, refuse, max_bytes, crc_on_read)
+    pickles = [e for e in entries if e.endswith(".pkl")]
+    if pickles:
+        raise refuse(f"holds pickle entry {pickles[0]!r} (a torch.save archive?): refused")
+    unexpected = [e for e in entries if not _ENTRIES.fullmatch(e)]
+    if unexpected:
+        raise refuse(f"entry {unexpected[0]!r} is not part of a plain torch.export archive "
+                     "(native code, pickled objects or a second program): refused")
+    missing = [e for e in _REQUIRED if e not in entries]
+    if missing:
+        raise refuse(f"not a torch.export archive: no {missing[0]!r} entry")
+    if entries[pt2.ARCHIVE_FORMAT_PATH].read().strip() != pt2.ARCHIVE_FORMAT_VALUE.encode():
+        raise refuse("not a torch.export archive: wrong archive_format")
+    for config, folder, prefix in [
+        (_WEIGHTS_CONFIG, pt2.WEIGHTS_DIR, pt2.WEIGHT_FILENAME_PREFIX),
+        (_CONSTANTS_CONFIG, pt2.CONSTANTS_DIR, pt2.TENSOR_CONSTANT_FILENAME_PREFIX),
+    ]:
+        _check_payload(_json(entries[config], refuse), folder, prefix, entries, refuse)
+    _check_tensor_pickle(entries[_SAMPLE_INPUTS].read(), refuse)
+    _check_program(_json(entries[_PROGRAM], refuse), refuse)
+    return entries
 
 
 class _Entry:
@@ -225,7 +432,8 @@ class _Entry:
         return self.archive.read(self.info)
 
 
-def _entries(archive: zipfile.ZipFile, refuse, max_bytes: int) -> dict[str, _Entry]:
+def _entries(archive: zipfile.ZipFile, refuse, max_bytes: int,
+             crc_on_read: bool = False) -> dict[str, _Entry]:
     """The archive's files by name below its single root folder, after container checks."""
     infos = [i for i in archive.infolist() if not i.is_dir()]
     names = [i.filename for i in infos]
@@ -245,7 +453,7 @@ def _entries(archive: zipfile.ZipFile, refuse, max_bytes: int) -> dict[str, _Ent
     if sum(i.file_size for i in infos) > max_bytes:
         raise refuse(f"uncompressed size above the {max_bytes}-byte limit: refused")
     try:
-        bad = archive.testzip()
+        bad = None if crc_on_read else archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise refuse(f"corrupt archive: {exc}") from None
     if bad is not None:

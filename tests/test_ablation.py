@@ -1,5 +1,7 @@
 """Ablation attributions against Captum, and the importance and contribution comparisons."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,24 @@ def test_contribution_shift_attributes_a_prediction_shift_to_the_moved_feature()
     assert table.loc[["a", "d"], "p_value"].min() > 1e-3
     # a linear model: the shifts add up to the shift of the mean prediction
     assert table["shift"].sum() == pytest.approx((window - base).mean(axis=0) @ w, rel=1e-5)
+
+
+def test_importance_change_with_a_zero_baseline_warns_nothing():
+    rng = np.random.default_rng(3)
+    current = rng.standard_normal((400, 5))
+    previous = current * np.array([1.0, 0.0, 0.0, 1.0, 1.0])  # b, c: unused before
+    current[:, 2] = 0.0                                       # c: unused by both
+    current[:, 3] = 0.0                                       # d: dropped
+    previous[rng.random(400) < 0.995, 4] = 0.0               # e: barely used before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = importance_change(current, previous, list("abcde"))
+    row = table.set_index("feature")
+    assert row.loc["b", "ratio"] == np.inf
+    assert row.loc["b", ["ratio_low", "ratio_high"]].tolist() == [np.inf, np.inf]
+    assert np.isnan(row.loc["c", ["ratio", "ratio_low", "ratio_high"]].astype(float)).all()
+    assert row.loc["d", ["ratio", "ratio_low", "ratio_high"]].tolist() == [0.0, 0.0, 0.0]
+    assert row.loc["a", "ratio"] == 1.0 and row.loc["a", "p_value"] == 1.0
+    assert np.isfinite(row.loc["e", "ratio"]) and row.loc["e", "ratio_high"] == np.inf
+    # infinite and zero ratios rank as the largest changes; no importance either way, last
+    assert table["feature"].iloc[-1] == "c" and set(table["feature"].iloc[:2]) == {"b", "d"}

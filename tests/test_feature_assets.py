@@ -95,12 +95,16 @@ def test_importance_of_a_snapshot_against_its_stable_predecessor(world):
     instance, resources, _ = world
     snapshot = f"{MODEL}-v3"
     instance.add_dynamic_partitions(snapshot_partitions.name, [snapshot])
-    result = dg.materialize([snapshots.snapshot_baseline, features.feature_importance],
+    result = dg.materialize([snapshots.snapshot_baseline, snapshots.snapshot_importance_change],
                             partition_key=snapshot, instance=instance, resources=resources)
     assert result.success
-    metadata = result.asset_materializations_for_node("feature_importance")[0].metadata
-    table = resources["storage"].read_parquet("snapshots", snapshot, "importance.parquet")
+    metadata = result.asset_materializations_for_node("snapshot_importance_change")[0].metadata
     if "skipped" in metadata:
         pytest.fail(metadata["skipped"].value)
-    assert {"feature", "ratio", "p_value", "significant", "summary"} <= set(table.columns)
+    storage = resources["storage"]
+    table = storage.read_parquet(snapshots.STORE, snapshot, "importance.parquet")
+    assert {"feature", "ratio", "ratio_low", "ratio_high", "p_value", "significant",
+            "summary"} <= set(table.columns)
     assert len(table) == len(set(table["feature"])) > 0
+    assert storage.read_json(snapshots.STORE, snapshot, "importance.json")["reference"]
+    assert "plot" in metadata and storage.exists(snapshots.STORE, snapshot, "importance.png")

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import zipfile
 
 import pytest
@@ -16,6 +17,8 @@ from hawkeye_dagster.errors import BadSnapshotError
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.snapshot_io import (
     SnapshotSignature,
+    SnapshotWeights,
+    artifact_weights,
     check_archive,
     load_artifact,
     load_snapshot,
@@ -253,3 +256,99 @@ def test_load_artifact_names_the_lake_file(tmp_path):
         load_artifact(lake, "artifacts/ranker@1.pt2", snapshot_id="ranker@1")
     assert info.value.file == f"{root}/artifacts/ranker@1.pt2"
 
+
+
+# --- weights streamed tensor by tensor: the same checks ---------------------------------------
+
+def _zip_bomb() -> bytes:
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/extra/padding", b"\0" * 5_000_000)
+    return bomb.getvalue()
+
+
+def _pickled_weight(good: bytes, marker) -> bytes:
+    """The first weight stored as a pickle (``use_pickle``), one that would create ``marker``."""
+    source = zipfile.ZipFile(io.BytesIO(good))
+    name = next(n for n in source.namelist() if n.endswith("model_weights_config.json"))
+    config = json.loads(source.read(name))
+    meta = next(iter(config["config"].values()))
+    meta["use_pickle"] = True
+    return rewrite(good, replace={"data/weights/model_weights_config.json":
+                                  json.dumps(config).encode(),
+                                  "data/weights/" + meta["path_name"]:
+                                  pickle.dumps(Touch(marker))})
+
+
+def test_weights_stream_the_program_state_dict(tmp_path, good):
+    path = tmp_path / "m.pt2"
+    path.write_bytes(good)
+    expected = dict(state_dict_tensors(load_snapshot(path)))
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as source, \
+            zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info))
+    for source in (path, good, io.BytesIO(good), deflated.getvalue()):
+        with SnapshotWeights(source, name="m.pt2") as weights:
+            assert set(weights.names) == set(expected)
+            for name, value in expected.items():
+                torch.testing.assert_close(weights.tensor(name), value)
+            assert weights.is_param("layer.weight")
+
+
+@pytest.mark.parametrize("hostile", ["zip_bomb", "traversal", "plain_pickle", "pickled_weight",
+                                     "torch_save", "truncated"])
+@pytest.mark.parametrize("as_file", [True, False])
+def test_weight_streaming_refuses_hostile_archives_unread(tmp_path, good, hostile, as_file):
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    if hostile == "torch_save":
+        torch.save({"w": torch.ones(2), "evil": Touch(marker)}, buffer)
+    data = {
+        "zip_bomb": _zip_bomb,
+        "traversal": lambda: rewrite(good, add={"{root}/../../evil": b"x"}),
+        "plain_pickle": lambda: pickle.dumps(Touch(marker)),
+        "pickled_weight": lambda: _pickled_weight(good, marker),
+        "torch_save": buffer.getvalue,
+        "truncated": lambda: good[: len(good) * 2 // 3],
+    }[hostile]()
+    path = tmp_path / f"{hostile}.pt2"
+    path.write_bytes(data)
+    reason = {"zip_bomb": "size above", "traversal": "unsafe entry", "plain_pickle": "a pickle",
+              "pickled_weight": "stored as a pickle", "torch_save": "pickle entry",
+              "truncated": "truncated"}[hostile]
+    with pytest.raises(BadSnapshotError, match=reason) as info:
+        SnapshotWeights(path if as_file else io.BytesIO(data), name=str(path),
+                        snapshot_id="evil", max_bytes=1_000_000)
+    assert info.value.file == str(path) and info.value.snapshot_id == "evil"
+    assert not marker.exists()
+
+
+def test_weights_changed_after_the_check_are_refused(tmp_path, good):
+    path = tmp_path / "m.pt2"
+    path.write_bytes(good)
+    with SnapshotWeights(path) as weights:
+        info = next(i for i in zipfile.ZipFile(path).infolist()
+                    if i.filename.endswith("data/weights/weight_0"))
+        with open(path, "r+b") as fh:  # rewrite the stored tensor in place, CRC left as it was
+            fh.seek(info.header_offset + 26)
+            name_length, extra_length = struct.unpack("<2H", fh.read(4))
+            fh.seek(info.header_offset + 30 + name_length + extra_length)
+            fh.write(b"\xff" * 4)
+        with pytest.raises(BadSnapshotError, match="unreadable|changed") as caught:
+            for name in weights.names:
+                weights.tensor(name)
+        assert caught.value.file == str(path)
+
+
+def test_artifact_weights_name_the_lake_file(tmp_path):
+    root = write_lake(tmp_path / "lake")
+    lake = ParquetLake(str(root))
+    with artifact_weights(lake, "artifacts/ads@1.pt2", snapshot_id="ads@1") as weights:
+        assert set(weights.names) == {"layer.weight", "layer.bias"}
+        assert weights.tensor("layer.weight").shape == (1, 2)
+    os.remove(root / "artifacts" / "ranker@1.pt2")
+    with pytest.raises(BadSnapshotError, match="missing") as info:
+        artifact_weights(lake, "artifacts/ranker@1.pt2", snapshot_id="ranker@1")
+    assert info.value.file == f"{root}/artifacts/ranker@1.pt2"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hawkeye_dagster.analysis.weight_diff import SnapshotWeights, weight_change_history, weight_diff
+from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
+from hawkeye_dagster.snapshot_io import SnapshotWeights
 from hawkeye_dagster.errors import BadSnapshotError
 from snapshot_fixtures import save, serving_net, stable_chain, step
 
@@ -22,11 +23,11 @@ def chain(tmp_path_factory):
 
 def test_reader_matches_the_program_state_dict(chain):
     tmp, net, paths, _ = chain
-    weights = SnapshotWeights(paths[-1])
-    assert set(weights.names) == set(net.state_dict())
-    for name, value in net.state_dict().items():
-        torch.testing.assert_close(weights.tensor(name), value)
-        assert weights.is_param(name) == (name in dict(net.named_parameters()))
+    with SnapshotWeights(paths[-1]) as weights:
+        assert set(weights.names) == set(net.state_dict())
+        for name, value in net.state_dict().items():
+            torch.testing.assert_close(weights.tensor(name), value)
+            assert weights.is_param(name) == (name in dict(net.named_parameters()))
 
 
 def test_history_learns_the_size_of_normal_change(chain):
@@ -60,7 +61,8 @@ def test_an_exploded_layer_is_the_one_flagged(chain):
     assert row["rel_l2"] == pytest.approx(2.0, rel=0.05)
     assert row["std_shift"] > 0 and row["z"] > 6
     assert "usually" in row["reason"]
-    change = bad.mlp[2].weight.detach() - SnapshotWeights(paths[-1]).tensor("mlp.2.weight")
+    with SnapshotWeights(paths[-1]) as stable:
+        change = bad.mlp[2].weight.detach() - stable.tensor("mlp.2.weight")
     assert row["max_abs_change"] == pytest.approx(float(change.abs().max()), rel=1e-5)
 
 

@@ -218,8 +218,11 @@ def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor
     -------
     DataFrame with one row per feature
         ``importance``, ``previous_importance`` (mean |attribution|),
-        ``ratio`` (current / previous), its percentile-bootstrap confidence
-        interval ``ratio_low, ratio_high``, ``p_value`` (two-sided, for
+        ``ratio`` (current / previous: inf for a feature without importance
+        under the previous snapshot, NaN without importance under either), its
+        percentile-bootstrap confidence interval ``ratio_low, ratio_high``
+        (see :func:`_percentiles` for resamples with infinite ratios),
+        ``p_value`` (two-sided, for
         ``ratio == 1``; resampling rows, paired across the two snapshots),
         ``significant`` (``p_value`` below ``alpha`` after Bonferroni over
         features, and the ratio beyond ``min_ratio`` either way) and a
@@ -235,11 +238,10 @@ def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n_rows, np.full(n_rows, 1 / n_rows), size=n_resamples) / n_rows
     both = weights @ np.concatenate([cur, prev], axis=1)                      # (R, 2F)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = cur.mean(axis=0) / prev.mean(axis=0)
-        boot = np.log(both[:, :n_features] / both[:, n_features:])            # (R, F)
+    ratio = _ratio(cur.mean(axis=0), prev.mean(axis=0))
+    boot = _log(_ratio(both[:, :n_features], both[:, n_features:]))          # (R, F)
     alpha = (1 - confidence) / 2
-    low, high = np.exp(np.nanquantile(boot, [alpha, 1 - alpha], axis=0))
+    low, high = np.exp(_percentiles(boot, alpha, 1 - alpha))
     p_value = _bootstrap_p(boot)
     large = (ratio >= min_ratio) | (ratio <= 1 / min_ratio)
     table = pd.DataFrame({
@@ -254,8 +256,44 @@ def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor
     })
     table["summary"] = [f"importance x{r:.3g} ({lo:.3g}-{hi:.3g}), p={p:.2g}"
                         for r, lo, hi, p in zip(ratio, low, high, p_value)]
-    order = np.argsort(-np.abs(np.nan_to_num(np.log(ratio), posinf=50, neginf=-50)), kind="stable")
+    order = np.argsort(-np.abs(np.nan_to_num(_log(ratio), posinf=50, neginf=-50)), kind="stable")
     return table.iloc[order].reset_index(drop=True)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` of non-negative importances: ``x / 0`` is inf, ``0 / 0`` NaN (no
+    importance under either snapshot), with no floating-point warnings."""
+    out = np.where(num > 0, np.inf, np.nan).astype(np.result_type(num, den))
+    return np.divide(num, den, out=out, where=den > 0)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    """Natural log of non-negative values, ``log(0) = -inf`` and NaN kept, without warnings."""
+    return np.log(x, out=np.where(x == 0, -np.inf, np.nan).astype(x.dtype), where=x > 0)
+
+
+def _percentiles(log_ratios: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The ``low`` and ``high`` quantiles of each column (NaN ignored), shape (2, F); an all-NaN
+    column gives NaN.
+
+    Linear interpolation between the two nearest order statistics, as ``np.nanquantile``;
+    where one of them is infinite (resamples without importance under one snapshot), the
+    end is the order statistic outside the interval instead: interpolating toward an
+    infinity is undefined arithmetic.
+    """
+    out = np.full((2, log_ratios.shape[1]), np.nan)
+    present = ~np.isnan(log_ratios).all(axis=0)
+    if not present.any():
+        return out
+    values = log_ratios[:, present]
+    big = np.finfo(np.float64).max / 4  # stands in for infinity; never overflows a lerp
+    linear = np.nanquantile(np.clip(values, -big, big), [low, high], axis=0)
+    outer = np.stack([np.nanquantile(values, low, axis=0, method="lower"),
+                      np.nanquantile(values, high, axis=0, method="higher")])
+    inner = np.stack([np.nanquantile(values, low, axis=0, method="higher"),
+                      np.nanquantile(values, high, axis=0, method="lower")])
+    out[:, present] = np.where(np.isinf(outer) | np.isinf(inner), outer, linear)
+    return out
 
 
 def contribution_shift(window: torch.Tensor | np.ndarray, baseline: torch.Tensor | np.ndarray,
@@ -311,8 +349,7 @@ def _bootstrap_p(log_ratios: np.ndarray, tie: float = 1e-6) -> np.ndarray:
     n = np.isfinite(log_ratios).sum(axis=0)
     below = (log_ratios <= tie).sum(axis=0)
     above = (log_ratios >= -tie).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.minimum(1.0, 2 * (np.minimum(below, above) + 1) / (n + 1))
+    p = np.minimum(1.0, 2 * (np.minimum(below, above) + 1) / (n + 1))
     return np.where(n > 0, p, 1.0)
 
 

@@ -47,15 +47,22 @@ def ranking_plot(ranking: pd.DataFrame, top: int = 15) -> bytes:
 
 
 def importance_plot(table: pd.DataFrame, top: int = 15) -> bytes:
-    """Importance ratio (log scale) with its bootstrap interval for the ``top`` changed features."""
-    shown = table.head(top).iloc[::-1]
+    """Importance ratio (log scale) with its bootstrap interval for the ``top`` changed features
+    of :func:`~hawkeye_dagster.analysis.ablation.importance_change`.
+
+    Ratios of 0, inf or NaN (no importance under one snapshot or both) have no place on a log
+    scale and are left out; an unbounded interval end is drawn as no bar.
+    """
+    drawable = np.isfinite(table["ratio"].to_numpy(float)) & (table["ratio"] > 0).to_numpy()
+    shown = table[drawable].head(top).iloc[::-1]
     figure = Figure(figsize=(8, 0.35 * max(len(shown), 2) + 1))
     axes = figure.add_subplot()
     y = np.arange(len(shown))
     ratio = shown["ratio"].to_numpy(float)
-    error = np.abs(np.vstack([ratio - shown["ratio_low"], shown["ratio_high"] - ratio]))
-    axes.errorbar(ratio, y, xerr=np.nan_to_num(error), fmt="o",
-                  color="tab:gray", ecolor="tab:gray")
+    bounds = shown[["ratio_low", "ratio_high"]].to_numpy(float)
+    bounds = np.where(np.isfinite(bounds) & (bounds > 0), bounds, ratio[:, None])
+    error = np.abs(np.vstack([ratio - bounds[:, 0], bounds[:, 1] - ratio]))
+    axes.errorbar(ratio, y, xerr=error, fmt="o", color="tab:gray", ecolor="tab:gray")
     axes.scatter(ratio[shown["significant"].to_numpy()], y[shown["significant"].to_numpy()],
                  color="tab:red", zorder=3)
     axes.axvline(1.0, color="black", linewidth=0.8)

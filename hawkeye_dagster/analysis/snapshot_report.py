@@ -8,16 +8,29 @@ change, flagged training partitions, a stalled run or bad activations that do
 not reach the prediction make it ``suspect``; otherwise it is ``healthy``.
 The three gate checks a deployment can block promotion on are
 :data:`GATE_CHECKS`.
+
+The analyses themselves run over a lake through :func:`weight_change`,
+:func:`activation_check` and :func:`training_check`, the one sequence of
+reads and calls that the snapshot assets (a step each, results stored) and
+triage's snapshot branch (all in one go) share; the callers choose the
+inputs (stable snapshots, served rows).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from hawkeye_dagster.analysis.activations import ActivationDiagnosis
+    from hawkeye_dagster.analysis.training_diagnosis import PartitionDiagnosis, TrainingLineage
+    from hawkeye_dagster.lake.reader import TelemetryReader
 
 #: check name -> what it asserts
 GATE_CHECKS = {
@@ -132,6 +145,83 @@ def _gates(reference, weights, activations, curve) -> dict[str, GateResult]:
                               "explosion or stall")
     return {"no_nonfinite_outputs": numerics, "no_unusual_weight_change": change,
             "training_curve_healthy": training}
+
+
+# --- the analyses over a lake --------------------------------------------------------------
+
+def weight_change(reader: TelemetryReader, artifacts: Mapping[str, str], snapshot_id: str,
+                  stable: Sequence[str]) -> pd.DataFrame:
+    """:func:`~hawkeye_dagster.analysis.weight_diff.weight_diff` of a snapshot against the last
+    of its ``stable`` snapshots (oldest first), scored against their stable-to-stable history.
+
+    ``artifacts`` maps snapshot ids to their ``snapshots.artifact``. Every archive is checked
+    and streamed tensor by tensor (:func:`~hawkeye_dagster.snapshot_io.artifact_weights`).
+    """
+    from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
+    from hawkeye_dagster.snapshot_io import artifact_weights
+
+    with ExitStack() as stack:
+        current, *history = [
+            stack.enter_context(artifact_weights(reader, artifacts[s], snapshot_id=s))
+            for s in [snapshot_id, *stable]]
+        return weight_diff(current, history[-1] if history else None,
+                           weight_change_history(history))
+
+
+def activation_check(reader: TelemetryReader, artifact: str, inputs: pd.DataFrame,
+                     features: list[str], *, model_id: str,
+                     snapshot_id: str) -> ActivationDiagnosis:
+    """The snapshot's program (loaded through the archive checks) run on served ``inputs`` with
+    every node captured (:func:`~hawkeye_dagster.analysis.activations.diagnose_activations`)."""
+    from hawkeye_dagster.analysis.activations import diagnose_activations
+    from hawkeye_dagster.snapshot_io import load_artifact
+
+    program = load_artifact(reader, artifact, snapshot_id=snapshot_id)
+    return diagnose_activations(program.module(), inputs[features].to_numpy(np.float32),
+                                features, model_id=model_id)
+
+
+def activation_summary(found: ActivationDiagnosis) -> dict[str, Any]:
+    """An activation diagnosis as JSON: what :func:`build_report` reads (``healthy``,
+    ``bad_output_rows``, ``nonfinite_parameters``, ``summary``, ``guards``) and the details."""
+    return {"healthy": found.healthy, "rows": found.rows, "bad_rows": found.bad_rows,
+            "bad_output_rows": found.bad_output_rows, "origins": found.origins,
+            "path": found.path, "nonfinite_parameters": found.nonfinite_parameters,
+            "responsible_features": found.responsible_features, "verified": found.verified,
+            "features": found.features.to_dict("records"), "guards": found.guards,
+            "summary": found.summary()}
+
+
+@dataclass(frozen=True)
+class TrainingCheck:
+    """A snapshot's training run checked: its curves and its dataset partitions."""
+
+    #: the run's ``training_metrics`` rows
+    metrics: pd.DataFrame
+    #: the run's row of :func:`~hawkeye_dagster.analysis.training_diagnosis.curve_checks`,
+    #: ``None`` without metrics
+    curve: dict | None
+    #: its partitions against their neighbours and against ``serving``
+    partitions: PartitionDiagnosis
+
+
+def training_check(reader: TelemetryReader, lineage: TrainingLineage, features: list[str],
+                   task: str, serving: pd.DataFrame) -> TrainingCheck:
+    """The run's loss and gradient curves, and its partitions (read with their neighbours)
+    against each other and against the ``serving`` rows (``features`` and ``label``)."""
+    from hawkeye_dagster.analysis.training_diagnosis import (
+        curve_checks, diagnose_partitions, neighbour_partitions)
+
+    metrics = reader.read("training_metrics", equals={"training_run_id": lineage.training_run_id})
+    curves = curve_checks(metrics)
+    listing = reader.read("training_data", columns=["partition"],
+                          equals={"dataset_id": lineage.dataset_id})["partition"].unique()
+    train = reader.training_data(lineage.dataset_id,
+                                 neighbour_partitions(listing, lineage.partitions),
+                                 columns=["partition", "label", *features])
+    return TrainingCheck(metrics, curves.iloc[0].to_dict() if len(curves) else None,
+                         diagnose_partitions(train, lineage.partitions, serving, features, task,
+                                             lineage.dataset_id))
 
 
 # --- plots ---------------------------------------------------------------------------------

@@ -8,27 +8,24 @@ diagnosis and the latest stable snapshot (relative L2 change, max abs change,
 mean/std shift, cosine similarity, non-finite counts, shape changes), learns the
 normal size of that change from the stable-to-stable history, and turns it into
 a z-score. Tensors are read and compared one name at a time, so memory stays
-near two tensors rather than several snapshots.
+near two tensors rather than several snapshots. Reading is
+:class:`~hawkeye_dagster.snapshot_io.SnapshotWeights`'s (archives checked by
+:func:`~hawkeye_dagster.snapshot_io.check_archive`, nothing unpickled); this
+module only compares the numbers.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from os import PathLike
-from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from torch._export.serde.schema import ScalarType
-from torch._export.serde.serialize import deserialize_scalar_type
-from torch.export.pt2_archive import PT2ArchiveReader
-from torch.export.pt2_archive.constants import WEIGHTS_CONFIG_FILENAME_FORMAT, WEIGHTS_DIR
 
-from hawkeye_dagster.errors import BadSnapshotError
-from hawkeye_dagster.snapshot_io import MAX_ARCHIVE_BYTES
+from hawkeye_dagster.snapshot_io import SnapshotWeights
 
 #: a change this many scales above a tensor's normal change is unusual
 Z_THRESHOLD = 4.0
@@ -48,79 +45,15 @@ DIFF_COLUMNS = (
 )
 
 
-class _Record(NamedTuple):
-    """Where a state-dict tensor's raw bytes are in the archive, and how to view them."""
-
-    entry: str
-    dtype: torch.dtype
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-    offset: int
-    is_param: bool
-
-
-class SnapshotWeights:
-    """The state-dict tensors of a ``.pt2`` snapshot, read one at a time.
-
-    Reads the archive's raw weight records (what ``torch.export.load`` reads)
-    without building the program, and never unpickles: an archive whose
-    weights are pickled, or whose records do not hold the tensors its config
-    describes, is refused with :class:`BadSnapshotError`.
-    """
-
-    def __init__(self, source: str | PathLike | BinaryIO, name: str | None = None):
-        #: what errors call the archive
-        is_file = hasattr(source, "read")
-        self.path = name or str(getattr(source, "name", "<stream>") if is_file else source)
-        try:
-            self._archive = PT2ArchiveReader(source if is_file else str(source))
-            raw = self._archive.read_string(WEIGHTS_CONFIG_FILENAME_FORMAT.format("model"))
-            config = json.loads(raw)["config"]
-            self._records = {
-                name: _Record(
-                    WEIGHTS_DIR + meta["path_name"],
-                    deserialize_scalar_type(ScalarType(meta["tensor_meta"]["dtype"])),
-                    tuple(d["as_int"] for d in meta["tensor_meta"]["sizes"]),
-                    tuple(d["as_int"] for d in meta["tensor_meta"]["strides"]),
-                    meta["tensor_meta"]["storage_offset"]["as_int"],
-                    bool(meta["is_param"]),
-                )
-                for name, meta in config.items() if meta["use_pickle"] is False
-            }
-        except (RuntimeError, AssertionError, ValueError, KeyError, TypeError) as exc:
-            raise BadSnapshotError(f"not a readable torch.export archive ({exc})",
-                                   file=self.path) from None
-        if len(self._records) != len(config):
-            raise BadSnapshotError("refused: the archive holds pickled tensors", file=self.path)
-        self.names = tuple(self._records)
-
-    def is_param(self, name: str) -> bool:
-        return self._records[name].is_param
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor, in memory of its own (safe to modify)."""
-        r = self._records[name]
-        nbytes = self._archive.archive_file.get_record_size(r.entry)
-        if nbytes > MAX_ARCHIVE_BYTES:
-            raise BadSnapshotError(f"tensor {name!r} claims {nbytes} bytes, above the limit",
-                                   file=self.path)
-        numel = nbytes // torch.empty((), dtype=r.dtype).element_size()
-        if not math.prod(r.size):
-            return torch.empty(r.size, dtype=r.dtype)
-        extent = r.offset + sum((n - 1) * s for n, s in zip(r.size, r.stride)) + 1
-        if extent > numel:
-            raise BadSnapshotError(f"tensor {name!r} needs {extent} values, record holds {numel}",
-                                   file=self.path)
-        storage = self._archive.archive_file.get_storage_from_record(r.entry, numel, r.dtype)
-        flat = torch.empty(0, dtype=r.dtype).set_(storage.untyped_storage(), 0, (numel,), (1,))
-        return torch.as_strided(flat, r.size, r.stride, r.offset)
-
-
 Source = str | PathLike | SnapshotWeights
 
 
-def _open(source: Source) -> SnapshotWeights:
-    return source if isinstance(source, SnapshotWeights) else SnapshotWeights(source)
+@contextmanager
+def _opened(*sources: Source | None) -> Iterator[list[SnapshotWeights | None]]:
+    """The sources as :class:`SnapshotWeights` (checked archives), closing those opened here."""
+    with ExitStack() as stack:
+        yield [s if s is None or isinstance(s, SnapshotWeights)
+               else stack.enter_context(SnapshotWeights(s)) for s in sources]
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
@@ -162,7 +95,11 @@ def weight_change_history(stable: Sequence[Source]) -> pd.DataFrame:
     """
     if len(stable) < 2:
         return pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    readers = [_open(s) for s in stable]
+    with _opened(*stable) as readers:
+        return _history(readers)
+
+
+def _history(readers: list[SnapshotWeights]) -> pd.DataFrame:
     names = list(dict.fromkeys(n for r in readers for n in r.names))
     log_rel = np.full((len(names), len(readers) - 1), np.nan)
     for i, name in enumerate(names):
@@ -239,18 +176,17 @@ def weight_diff(current: Source, reference: Source | None,
     with ``k`` = :data:`PRIOR_DIFFS`.
     ``flagged`` rows carry a ``reason``.
     """
-    snapshot = _open(current)
-    ref = _open(reference) if reference is not None else None
-    names = list(dict.fromkeys([*snapshot.names, *(ref.names if ref else [])]))
-    rows = [
-        _tensor_row(
-            name,
-            _float(snapshot.tensor(name)) if name in snapshot.names else None,
-            _float(ref.tensor(name)) if ref is not None and name in ref.names else None,
-            (snapshot if name in snapshot.names else ref).is_param(name),
-        )
-        for name in names
-    ]
+    with _opened(current, reference) as (snapshot, ref):
+        names = list(dict.fromkeys([*snapshot.names, *(ref.names if ref else [])]))
+        rows = [
+            _tensor_row(
+                name,
+                _float(snapshot.tensor(name)) if name in snapshot.names else None,
+                _float(ref.tensor(name)) if ref is not None and name in ref.names else None,
+                (snapshot if name in snapshot.names else ref).is_param(name),
+            )
+            for name in names
+        ]
     frame = pd.DataFrame(rows).reindex(columns=list(DIFF_COLUMNS))
     return _score(frame, history, z_threshold, has_reference=ref is not None)
 
