@@ -75,13 +75,10 @@ class SnapshotDiagnosis:
 
 def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> SnapshotDiagnosis:
     """Run every snapshot analysis on one snapshot (those whose inputs are missing are skipped)."""
-    from hawkeye_dagster.analysis.activations import diagnose_activations
-    from hawkeye_dagster.analysis.snapshot_report import build_report
+    from hawkeye_dagster.analysis.snapshot_report import (
+        activation_check, activation_summary, build_report, training_check, weight_change)
     from hawkeye_dagster.analysis.stable_snapshots import latest_stable, stable_snapshots
-    from hawkeye_dagster.analysis.training_diagnosis import (
-        curve_checks, diagnose_partitions, neighbour_partitions, training_lineage)
-    from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
-    from hawkeye_dagster.snapshot_io import load_artifact
+    from hawkeye_dagster.analysis.training_diagnosis import training_lineage
 
     data, reader = run.data, run.data.reader
     snapshots = data.snapshots[data.snapshots["model_id"] == model_id]
@@ -95,21 +92,15 @@ def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> Snapsh
     stable = latest_stable(history, model_id, published_at, n=STABLE_HISTORY)
     reference = stable[-1] if stable else None
     artifact = dict(zip(snapshots["snapshot_id"], snapshots["artifact"]))
-    path = {s: reader.resolve_artifact(a) for s, a in artifact.items()}
-    weights = weight_diff(path[snapshot_id], path[reference] if reference else None,
-                          weight_change_history([path[s] for s in stable]))
+    weights = weight_change(reader, artifact, snapshot_id, stable)
 
     skipped, activations = [], None
     features = data.model_features(model_id)
     inputs = _served_inputs(run, model_id, features, published_at)
     if len(inputs):
-        program = load_artifact(reader, artifact[snapshot_id], snapshot_id=snapshot_id)
-        found = diagnose_activations(program.module(), inputs[features].to_numpy(np.float32),
-                                     features, model_id=model_id)
-        activations = {"healthy": found.healthy, "bad_output_rows": found.bad_output_rows,
-                       "nonfinite_parameters": found.nonfinite_parameters,
-                       "summary": found.summary(), "guards": found.guards,
-                       "responsible_features": found.responsible_features}
+        activations = activation_summary(activation_check(
+            reader, artifact[snapshot_id], inputs, features, model_id=model_id,
+            snapshot_id=snapshot_id))
     else:
         skipped.append("activations: no served inputs")
 
@@ -118,16 +109,8 @@ def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> Snapsh
     if lineage is None:
         skipped.append("training: the snapshot names no known training run")
     else:
-        curves = curve_checks(data.table("training_metrics",
-                                         equals={"training_run_id": lineage.training_run_id}))
-        curve = curves.iloc[0].to_dict() if len(curves) else None
-        listing = reader.read("training_data", columns=["partition"],
-                              equals={"dataset_id": lineage.dataset_id})["partition"].unique()
-        train = reader.training_data(lineage.dataset_id,
-                                     neighbour_partitions(listing, lineage.partitions),
-                                     columns=["partition", "label", *features])
-        partitions = diagnose_partitions(train, lineage.partitions, inputs, features, task,
-                                         lineage.dataset_id).ranked
+        checked = training_check(reader, lineage, features, task, inputs)
+        curve, partitions = checked.curve, checked.partitions.ranked
     report = build_report(snapshot_id, model_id, reference=reference, weights=weights,
                           activations=activations, curve=curve, partitions=partitions,
                           skipped=skipped)
@@ -190,6 +173,9 @@ def from_snapshot(run: TriageRun, snapshot_id: str) -> str:
     run.report.suspect("models", [model_id])
     diagnosis = diagnose_snapshot(run, model_id, snapshot_id)
     _record_diagnosis(run, diagnosis)
+    # flagged training partitions alone do not show the snapshot degraded (each is one finding)
+    run.degraded = diagnosis.served_worse or diagnosis.report.verdict == "bad" or \
+        len(diagnosis.report.findings) > len(diagnosis.bad_partitions)
     if diagnosis.report.verdict == "bad":
         return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=0.95)
     if len(diagnosis.bad_partitions):

@@ -81,11 +81,16 @@ def triage(reader: TelemetryReader, entry: dict, window: TimeRange | None = None
     run = TriageRun(TriageData(reader, window), builder, Evidence(), progress or (lambda _: None))
     verdict = run.start(entry)
     best = max((c["confidence"] for c in builder.root_causes), default=None)
-    if best is not None:
-        verdict = "root_cause_found" if best >= MIN_CONFIDENCE else "inconclusive"
-        if best < MIN_CONFIDENCE:
-            builder.step("verdict", f"the best root cause has confidence {best:.2f}, below "
-                                    f"{MIN_CONFIDENCE}: evidence is too weak or conflicting")
+    if best is not None and best >= MIN_CONFIDENCE:
+        verdict = "root_cause_found"
+    elif best is not None and run.degraded:
+        verdict = "inconclusive"
+        builder.step("verdict", f"the best root cause has confidence {best:.2f}, below "
+                                f"{MIN_CONFIDENCE}: evidence is too weak or conflicting")
+    elif best is not None:
+        verdict = "no_issue"
+        builder.step("verdict", f"nothing degraded, and the best candidate has confidence "
+                                f"{best:.2f}, below {MIN_CONFIDENCE}: nothing significant")
     return TriageResult(builder.build(verdict), run.evidence)
 
 
@@ -97,6 +102,9 @@ class TriageRun:
     report: ReportBuilder
     evidence: Evidence
     progress: Progress
+    #: whether the tree found something wrong (a degraded top line, model or snapshot): then
+    #: weak root causes leave the triage ``inconclusive``; otherwise nothing is significant
+    degraded: bool = True
 
     def start(self, entry: dict) -> str:
         if entry["kind"] == "topline":
