@@ -33,16 +33,7 @@ def simulated(tmp_path_factory):
                                                               marks=pytest.mark.postgres)])
 def sql(request, parquet, tmp_path_factory):
     """The module's ``parquet`` lake copied into SQLite and into PostgreSQL (a fresh schema)."""
-    from lake_factory import postgres_schema
+    from lake_factory import sql_copy
 
-    from hawkeye_dagster.lake.sql import SqlLake
-    from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db')}/lake.db"
-        copy_lake_to_sql(parquet, url)
-        yield SqlLake(url)
-        return
-    with postgres_schema() as (url, schema):
-        copy_lake_to_sql(parquet, url, schema=schema)
-        yield SqlLake(url, schema=schema)
+    with sql_copy(parquet, request.param, tmp_path_factory.mktemp("db")) as lake:
+        yield lake

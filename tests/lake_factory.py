@@ -247,3 +247,20 @@ def assert_same(left, right, table: str) -> None:
         [c for c in left.columns if c != "partitions"]
     left, right = (f.sort_values(keys).reset_index(drop=True) for f in (left, right))
     pd.testing.assert_frame_equal(left, right)
+
+
+@contextlib.contextmanager
+def sql_copy(lake, backend: str, tmp_dir: Path):
+    """A :class:`~hawkeye_dagster.lake.sql.SqlLake` holding a copy of ``lake``: in a SQLite
+    file under ``tmp_dir`` (``backend="sqlite"``) or in a fresh PostgreSQL schema."""
+    from hawkeye_dagster.lake.sql import SqlLake
+    from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_dir}/lake.db"
+        copy_lake_to_sql(lake, url)
+        yield SqlLake(url)
+        return
+    with postgres_schema() as (url, schema):
+        copy_lake_to_sql(lake, url, schema=schema)
+        yield SqlLake(url, schema=schema)

@@ -23,7 +23,7 @@ from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
-from lake_factory import RANKER, START, lake_tables, postgres_schema, write_lake
+from lake_factory import RANKER, START, lake_tables, postgres_schema, sql_copy, write_lake
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
@@ -112,13 +112,11 @@ def test_bad_requests_name_the_table(sql):
 
 
 @pytest.mark.postgres
-def test_simulated_lake_in_postgres_matches(simulated):
+def test_simulated_lake_in_postgres_matches(simulated, tmp_path):
     lake, _ = simulated("upstream_corruption")
     parquet = ParquetLake(str(lake))
     model = parquet.read("models")["model_id"].iloc[0]
-    with postgres_schema() as (url, schema):
-        copy_lake_to_sql(parquet, url, schema=schema)
-        sql = SqlLake(url, schema=schema)
+    with sql_copy(parquet, "postgres", tmp_path) as sql:
         stats = expected(parquet, model)
         columns = sorted(stats["column"].unique())
         compare(hourly_aggregates(sql, "serving_samples", columns, equals={"model_id": model}),
@@ -240,14 +238,9 @@ def dense(sql, tmp_path_factory):
     tables["serving_samples"] = {**serving, RANKER: pa.concat_tables([serving[RANKER]] * 8)}
     lake = ParquetLake(str(write_lake(tmp_path_factory.mktemp("dense") / "lake", tables,
                                       artifacts=False)))
-    if sql.is_sqlite:
-        url = f"sqlite:///{tmp_path_factory.mktemp('dense-db')}/lake.db"
-        copy_lake_to_sql(lake, url)
-        yield SqlLake(url)
-        return
-    with postgres_schema() as (url, schema):
-        copy_lake_to_sql(lake, url, schema=schema)
-        yield SqlLake(url, schema=schema)
+    backend = "sqlite" if sql.is_sqlite else "postgres"
+    with sql_copy(lake, backend, tmp_path_factory.mktemp("dense-db")) as copy:
+        yield copy
 
 
 def test_pushdown_returns_rows_per_hour_not_per_sample(parquet, sql, dense):

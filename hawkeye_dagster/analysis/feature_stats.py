@@ -274,7 +274,7 @@ def hourly_stats(frame: pd.DataFrame, columns: Sequence[str], edges: np.ndarray,
         Columns are processed in blocks of about this many (padded) values,
         bounding scratch memory to about 24 bytes per value of a block.
     """
-    edges = _check_edges(edges, len(columns))
+    edges = check_edges(edges, len(columns))
     buckets, hours = _hour_buckets(frame, time_column, table)
     parts = _blockwise(frame, columns, buckets, len(hours), edges, QUANTILES, table, block_elements)
     return FeatureStats(
@@ -478,7 +478,9 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str], table: str) -> N
                                 column=name)
 
 
-def _check_edges(edges: np.ndarray, n_columns: int) -> np.ndarray:
+def check_edges(edges: np.ndarray, n_columns: int) -> np.ndarray:
+    """``edges`` as the float32 ``(n_columns, B - 1)`` array every binning uses; a clear error
+    for a wrong shape, non-finite or descending edges."""
     edges = np.asarray(edges, dtype=np.float32)
     if edges.ndim != 2 or edges.shape[0] != n_columns:
         raise ValueError(f"edges must have shape ({n_columns}, B - 1), got {edges.shape}")

@@ -25,7 +25,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from hawkeye_dagster.analysis.feature_stats import QUANTILE_NAMES, QUANTILES, _check_edges
+from hawkeye_dagster.analysis.feature_stats import QUANTILE_NAMES, QUANTILES, check_edges
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.reader import TimeRange, table_spec
 from hawkeye_dagster.lake.sql import SqlLake
@@ -113,7 +113,7 @@ def hourly_histograms(lake: SqlLake, table: str, columns: Sequence[str], edges: 
         ``hour`` (tz-aware UTC), ``column``, ``bin`` (0 .. B - 1), ``count`` and ``sum`` of
         the bin's values.
     """
-    thresholds = bin_thresholds(_check_edges(edges, len(columns)))
+    thresholds = bin_thresholds(check_edges(edges, len(columns)))
     scope = _scope(lake, table, columns, time_range, equals)
     if scope is None:
         return _empty_histograms()
