@@ -206,7 +206,7 @@ def _attribute(model: torch.fx.GraphModule, arg) -> torch.Tensor | None:
 
 def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor | np.ndarray,
                       features: Sequence[str], *, n_resamples: int = 1000, confidence: float = 0.95,
-                      alpha: float = 0.01, min_ratio: float = 1.5, seed: int = 0) -> pd.DataFrame:
+                      alpha: float = 0.025, min_ratio: float = 1.5, seed: int = 0) -> pd.DataFrame:
     """How each feature's importance changed between two snapshots on the same rows.
 
     Parameters
@@ -225,7 +225,11 @@ def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor
         ``p_value`` (two-sided, for
         ``ratio == 1``; resampling rows, paired across the two snapshots),
         ``significant`` (``p_value`` below ``alpha`` after Bonferroni over
-        features, and the ratio beyond ``min_ratio`` either way) and a
+        features, and the ratio beyond ``min_ratio`` either way; the
+        smallest p-value is ``2 / (n_resamples + 1)``, so with F features a
+        change can be significant only when ``n_resamples > 2 F / alpha``;
+        row resampling does not see how much routine retrains vary, so the
+        callers keep the default rather than raise it) and a
         readable ``summary``; the most changed features first.
 
     The bootstrap draws multinomial row weights, so all resamples of all
@@ -240,8 +244,8 @@ def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor
     both = weights @ np.concatenate([cur, prev], axis=1)                      # (R, 2F)
     ratio = _ratio(cur.mean(axis=0), prev.mean(axis=0))
     boot = _log(_ratio(both[:, :n_features], both[:, n_features:]))          # (R, F)
-    alpha = (1 - confidence) / 2
-    low, high = np.exp(_percentiles(boot, alpha, 1 - alpha))
+    tail = (1 - confidence) / 2
+    low, high = np.exp(_percentiles(boot, tail, 1 - tail))
     p_value = _bootstrap_p(boot)
     large = (ratio >= min_ratio) | (ratio <= 1 / min_ratio)
     table = pd.DataFrame({
