@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from hawkeye_dagster.analysis.feature_stats import (PREDICTION, QUANTILE_NAMES, FeatureStats,
                                                     hourly_stats)
+from hawkeye_dagster.analysis.serving_stats import lake_reference
 from hawkeye_dagster.assets import features
 from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
 from hawkeye_dagster.contract import TABLES
@@ -193,6 +194,15 @@ def test_feature_stats_match_the_parquet_path(parquet, sql, window):
     rounded_onto_edge = np.isin(prediction.astype(np.float32), edges[-1]) & ~np.isin(
         prediction, edges[-1].astype(np.float64))
     assert rounded_onto_edge.any()
+
+
+def test_reference_profile_is_the_same_from_sql(parquet, sql):
+    # few enough rows that the edge sample is every row, in whatever order the lake returns
+    window = TimeRange.of(START, START + pd.Timedelta("2D"))
+    from_parquet = lake_reference(parquet, RANKER, window)
+    from_sql = lake_reference(sql, RANKER, window)
+    np.testing.assert_array_equal(from_sql.edges, from_parquet.edges)
+    assert_same_stats(from_sql.stats, from_parquet.stats)
 
 
 def test_histograms_of_nothing(sql):

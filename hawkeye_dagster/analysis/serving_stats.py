@@ -97,23 +97,30 @@ def lake_hourly_stats(reader: TelemetryReader, model_id: str, time_range: TimeRa
     Telemetry in a SQL database is summarized by the database, so only per-hour aggregates
     and histograms leave it (:func:`~hawkeye_dagster.lake.pushdown_stats.hourly_feature_stats`;
     SQLite, lacking ``percentile_cont``, also hands over the finite values for the quantiles);
-    a Parquet lake's rows are read and summarized here. Both paths give the same statistics.
+    a Parquet lake's rows are read and summarized here, a day at a time. Both paths give the
+    same statistics.
     """
     if isinstance(reader, SqlLake):
         return hourly_feature_stats(reader, columns, edges, time_range=time_range,
                                     equals={"model_id": model_id})
-    rows = reader.serving_samples(model_id, time_range, columns=["ts", *columns])
-    return hourly_stats(rows, columns, edges) if len(rows) else None
+    parts = []
+    for day in days(time_range):
+        rows = reader.serving_samples(model_id, day, columns=["ts", *columns])
+        if len(rows):
+            parts.append(hourly_stats(rows, columns, edges))
+    return FeatureStats.concat(parts) if parts else None
 
 
 def lake_reference(reader: TelemetryReader, model_id: str, span: TimeRange, *,
                    n_bins: int = N_BINS, edge_rows: int = EDGE_ROWS) -> ReferenceProfile | None:
-    """The reference profile of a window of the lake (edges from sampled rows, then every day)."""
+    """The reference profile of a window of the lake: edges from sampled rows, then the
+    window's hourly statistics on them (computed by the database for SQL telemetry)."""
     features = model_features(reader, model_id)
     edges = lake_edges(reader, model_id, features, span, n_bins=n_bins, rows=edge_rows)
     if edges is None:
         return None
-    return ReferenceProfile(edges, lake_stats(reader, model_id, features, span, edges).stats)
+    return ReferenceProfile(edges, lake_hourly_stats(reader, model_id, span,
+                                                     [*features, PREDICTION], edges))
 
 
 def _read(reader: TelemetryReader, model_id: str, features: list[str],
