@@ -27,6 +27,13 @@ README = BENCH_DIR.parent / "README.md"
 REQUIRED = ("name", "project_s", "reference", "reference_s", "ratio", "params")
 
 
+def record(name: str, project_s: float, reference: str, reference_s: float,
+           params: dict) -> dict:
+    """One benchmark result in the shape :data:`REQUIRED` names."""
+    return {"name": name, "project_s": project_s, "reference": reference,
+            "reference_s": reference_s, "ratio": reference_s / project_s, "params": params}
+
+
 def discover() -> list[str]:
     return sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
 
