@@ -19,13 +19,12 @@ Outputs go to storage under ``features/<model>/``. Heavy imports
 (torch, scipy, Great Expectations, matplotlib) happen inside the assets only.
 """
 
-import base64
-
 import dagster as dg
 import pandas as pd
 
 from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
-from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.assets.metadata import md_table, saved_png_md
+from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors.feature_alerts import HEALTH_ALERTS_DIR
@@ -43,23 +42,6 @@ CHECK_DESCRIPTIONS = {
 }
 _DAY = pd.Timedelta("1D")
 _BY_MODEL = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
-
-
-def _all(table: str) -> dg.AssetDep:
-    return dg.AssetDep(telemetry_key(table), partition_mapping=dg.AllPartitionMapping())
-
-
-def _table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
-    """A frame's first rows as markdown (numbers to 4 significant digits)."""
-    shown = frame.head(limit).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
-    return dg.MetadataValue.md(shown.to_markdown(index=False) if len(shown) else "_none_")
-
-
-def _image(storage: HawkeyeStorage, png: bytes, *parts: str) -> dg.MetadataValue:
-    """Save a PNG under storage and show it embedded in markdown."""
-    storage.write_bytes(png, *parts)
-    return dg.MetadataValue.md(f"![{parts[-1]}](data:image/png;base64,"
-                               f"{base64.b64encode(png).decode()})")
 
 
 def _served_dates(reader: TelemetryReader, model_id: str) -> list[str]:
@@ -100,7 +82,7 @@ class ReferenceConfig(dg.Config):
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"pandas", "parquet"},
     partitions_def=model_partitions,
-    deps=[_all("serving_samples"), telemetry_key("model_features")],
+    deps=[all_partitions("serving_samples"), telemetry_key("model_features")],
     description="Per model: bin edges (reference quantiles) and hourly statistics of the "
                 "reference window, stored once so drift never re-reads it, and the per-feature "
                 "health limits learned from it.",
@@ -133,8 +115,8 @@ def feature_reference(context: dg.AssetExecutionContext, config: ReferenceConfig
         "window": f"{window.start:%Y-%m-%d} to {window.end:%Y-%m-%d}",
         "hours": len(profile.stats.hours), "features": len(features),
         "rows": int(pooled.count.max()),
-        "columns": _table(summary, 50),
-        "limits": _table(thresholds.reset_index()[
+        "columns": md_table(summary, 50),
+        "limits": md_table(thresholds.reset_index()[
             ["column", "null_fraction_max", "value_min", "value_max", "psi_max",
              "wasserstein_norm_max"]], 50),
     })
@@ -191,7 +173,7 @@ def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
         dg.AssetCheckResult(
             check_name=group, severity=dg.AssetCheckSeverity.WARN,
             passed=all(success[c.name] for c in CHECKS if c.group == group),
-            metadata={"alerts": _table(alerts.loc[alerts["alert_type"].isin(
+            metadata={"alerts": md_table(alerts.loc[alerts["alert_type"].isin(
                 [c.name for c in CHECKS if c.group == group]),
                 ["model_id", "feature_name", "alert_type", "severity", "ts"]])})
         for group in CHECK_DESCRIPTIONS
@@ -204,9 +186,9 @@ def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
     if shifted is not None:
         stats, reference, drift, model_id, day = shifted
         name = f"shifted-{model_id}-{day:%Y-%m-%d}.png"
-        metadata["most_shifted"] = _image(storage, shifted_features_plot(stats, reference, drift),
-                                          STORE, model_id, "plots", name)
-        metadata["drift"] = _table(drift.sort_values("psi", ascending=False)[
+        metadata["most_shifted"] = dg.MetadataValue.md(saved_png_md(
+            storage, shifted_features_plot(stats, reference, drift), STORE, model_id, "plots", name))
+        metadata["drift"] = md_table(drift.sort_values("psi", ascending=False)[
             ["column", "psi", "js_distance", "ks_statistic", "wasserstein_norm"]], 10)
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
@@ -270,7 +252,7 @@ def feature_drift(context: dg.AssetExecutionContext,
     return dg.MaterializeResult(metadata={
         "partitions": int(daily[["model_id", "date"]].drop_duplicates().shape[0]),
         "drifted_columns": len(drifted),
-        "most_drifted": _table(daily.sort_values("psi", ascending=False)[
+        "most_drifted": md_table(daily.sort_values("psi", ascending=False)[
             ["model_id", "date", "column", "psi", "js_distance", "ks_statistic",
              "wasserstein_norm"]]),
     })
@@ -292,8 +274,8 @@ class RankingConfig(dg.Config):
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"pytorch", "parquet"},
     partitions_def=model_partitions,
-    deps=[_all("serving_samples"), telemetry_key("model_features"), telemetry_key("snapshots"),
-          telemetry_key("experiments")],
+    deps=[all_partitions("serving_samples"), telemetry_key("model_features"),
+          telemetry_key("snapshots"), telemetry_key("experiments")],
     description="The features that explain the model's prediction anomaly, ranked: features "
                 "whose hourly distribution shifted with the predictions, the share of the "
                 "prediction shift their new values account for (ablation), and importance "
@@ -326,10 +308,11 @@ def feature_ranking(context: dg.AssetExecutionContext, config: RankingConfig,
         "explained": ranking.attrs["explained"],
         "summary": ranking.attrs["summary"],
         "significant": len(significant),
-        "ranking": _table(ranking[["feature", "score", "p_value", "significant", "reasons"]]),
+        "ranking": md_table(ranking[["feature", "score", "p_value", "significant", "reasons"]]),
     }
     if len(ranking):
-        metadata["plot"] = _image(storage, ranking_plot(ranking), STORE, model_id, "ranking.png")
+        metadata["plot"] = dg.MetadataValue.md(
+            saved_png_md(storage, ranking_plot(ranking), STORE, model_id, "ranking.png"))
     return dg.MaterializeResult(metadata=metadata)
 
 

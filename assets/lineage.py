@@ -7,7 +7,6 @@ Thin wiring over :mod:`hawkeye_dagster.analysis.lineage_graph`,
 ``lineage/`` and ``incidents/<id>/``.
 """
 
-import base64
 import io
 
 import dagster as dg
@@ -25,7 +24,9 @@ from hawkeye_dagster.analysis.lineage_graph import (
 )
 from hawkeye_dagster.analysis.upstream_rca import UpstreamSettings, upstream_from_reader
 from hawkeye_dagster.assets.partitions import daily_partitions, incident_partitions
+from hawkeye_dagster.assets.metadata import png_md
 from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.assets.triage import read_incident
 from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
 from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
@@ -72,7 +73,7 @@ def lineage_graph(config: LineageSourceConfig, telemetry: TelemetrySource,
     summary = graph_summary(graph)
     text = "\n".join([
         "### Lineage graph", "", _md_counts(summary), "",
-        _png_md(_draw(graph), "lineage graph") if len(graph) <= MAX_DRAWN_NODES else
+        png_md(_draw(graph), "lineage graph") if len(graph) <= MAX_DRAWN_NODES else
         f"*({len(graph)} nodes: too many to draw; see the table below)*", "",
         "### Upstream of each feature", "", per_feature.reset_index().to_markdown(index=False)])
     return dg.MaterializeResult(metadata={
@@ -127,7 +128,7 @@ def lineage_node_changepoints(context: dg.AssetExecutionContext, telemetry: Tele
 def upstream_root_cause(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                         storage: HawkeyeStorage) -> dg.MaterializeResult:
     incident_id = context.partition_key
-    incident = Incident.from_json(storage.read_json(INCIDENTS_DIR, f"{incident_id}.json"))
+    incident = read_incident(storage, incident_id)
     onsets = bad_features(incident)
     if not onsets:
         storage.write_json({"incident": incident_id, "root_causes": [], "finding":
@@ -155,7 +156,7 @@ def upstream_root_cause(context: dg.AssetExecutionContext, telemetry: TelemetryS
     shown = analysis.candidates.head(10)[["kind", "id", "confidence", "summary"]]
     text = "\n".join([f"**{analysis.finding()}**", "",
                       "Path: " + " → ".join(path) if path else "", "",
-                      shown.to_markdown(index=False), "", _png_md(_draw(above, path), "upstream")])
+                      shown.to_markdown(index=False), "", png_md(_draw(above, path), "upstream")])
     return dg.MaterializeResult(metadata={
         "confidence": dg.MetadataValue.float(float(top["confidence"])),
         "cause": dg.MetadataValue.text(str(top["id"])),
@@ -170,7 +171,7 @@ def bad_features(incident: Incident) -> dict[str, pd.Timestamp]:
     if incident.entry.get("kind") != "feature_alert":
         return {}
     onsets = entry_onsets(incident.entry)
-    return {f: onsets.get(f, incident.window[1]) for f in entry_features(incident.entry)}
+    return {f: onsets.get(f, incident.window.end) for f in entry_features(incident.entry)}
 
 
 def _md_counts(summary: dict[str, int]) -> str:
@@ -205,10 +206,6 @@ def _draw(graph: nx.DiGraph, path: list[str] | None = None) -> bytes:
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
-
-
-def _png_md(png: bytes, alt: str) -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 defs = dg.Definitions(assets=[lineage_graph, lineage_node_changepoints, upstream_root_cause])

@@ -12,7 +12,6 @@ Outputs go to storage under ``snapshots/<snapshot_id>/``. Heavy imports
 (torch, scipy, matplotlib) happen inside the assets only.
 """
 
-import base64
 from dataclasses import dataclass
 
 import dagster as dg
@@ -22,7 +21,8 @@ import pandas as pd
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
 from hawkeye_dagster.analysis.snapshot_report import GATE_CHECKS
 from hawkeye_dagster.assets.partitions import snapshot_partitions
-from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.assets.metadata import md_table, saved_png_md
+from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.errors import BadSnapshotError, ContractError, UnknownIdError
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
@@ -38,11 +38,6 @@ ACTIVATION_ROWS = 10_000
 IMPORTANCE_ROWS = 2_000
 #: how far around publication served inputs are looked for
 RECENT = pd.Timedelta("1D")
-
-
-def _all(table: str) -> dg.AssetDep:
-    """A dependency on every partition of a telemetry table."""
-    return dg.AssetDep(telemetry_key(table), partition_mapping=dg.AllPartitionMapping())
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -114,25 +109,13 @@ def stable_history(reader: TelemetryReader, storage: HawkeyeStorage,
                             dict(zip(models["model_id"], models["task"])), attributed=attributed)
 
 
-def _table(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
-    """A frame's first rows as markdown (numbers to 4 significant digits)."""
-    shown = frame.head(limit).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
-    return dg.MetadataValue.md(shown.to_markdown(index=False) if len(shown) else "_none_")
-
-
-def _image(storage: HawkeyeStorage, png: bytes, *parts: str) -> str:
-    """Save a PNG and return it as embedded markdown."""
-    storage.write_bytes(png, *parts)
-    return f"![{parts[-1]}](data:image/png;base64,{base64.b64encode(png).decode()})"
-
-
 # --- assets ----------------------------------------------------------------------------------
 
 @dg.asset(
     group_name=GROUP, owners=OWNERS,
     kinds={"pandas", "parquet"},
     deps=[telemetry_key("snapshots"), telemetry_key("experiments"), telemetry_key("models"),
-          _all("serving_samples")],
+          all_partitions("serving_samples")],
     automation_condition=dg.AutomationCondition.on_cron("0 * * * *"),
     description="Every published snapshot judged for operational stability: served 24 h "
                 "without degradation against its predecessor (log-loss/calibration on the same "
@@ -147,9 +130,9 @@ def stable_snapshots(telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.
         degraded=("degraded", "sum")).join(latest.rename("latest_stable")).reset_index()
     return dg.MaterializeResult(metadata={
         "snapshots": len(history), "stable": int(history["stable"].sum()),
-        "per_model": _table(per_model),
-        "not_stable": _table(history.loc[~history["stable"], ["model_id", "snapshot_id",
-                                                              "reason"]]),
+        "per_model": md_table(per_model),
+        "not_stable": md_table(history.loc[~history["stable"], ["model_id", "snapshot_id",
+                                                                "reason"]]),
     })
 
 
@@ -157,7 +140,7 @@ def stable_snapshots(telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.
     group_name=GROUP, owners=OWNERS,
     kinds={"pytorch", "json"}, partitions_def=snapshot_partitions,
     deps=[telemetry_key("snapshots"), telemetry_key("models"), telemetry_key("model_features"),
-          telemetry_key("experiments"), _all("serving_samples")],
+          telemetry_key("experiments"), all_partitions("serving_samples")],
     check_specs=[dg.AssetCheckSpec(
         "artifact_is_valid", asset="snapshot_baseline", blocking=True,
         description="The artifact is a safe torch.export program with one [batch, F] input "
@@ -195,7 +178,7 @@ def snapshot_baseline(context: dg.AssetExecutionContext, telemetry: TelemetrySou
     return dg.MaterializeResult(
         metadata={"model_id": info.model_id, "reference": baseline["reference"] or "none",
                   "stable_snapshots": ", ".join(stable) or "none",
-                  "model_history": _table(history[["snapshot_id", "stable", "reason"]])},
+                  "model_history": md_table(history[["snapshot_id", "stable", "reason"]])},
         check_results=[check])
 
 
@@ -226,14 +209,14 @@ def snapshot_weight_diff(context: dg.AssetExecutionContext, telemetry: Telemetry
     return dg.MaterializeResult(metadata={
         "reference": base["reference"] or "none", "tensors": len(diff),
         "flagged": len(flagged), "max_z": float(diff["z"].max()) if diff["z"].notna().any() else 0.0,
-        "flagged_tensors": _table(flagged[["parameter", "rel_l2", "z", "reason"]]),
+        "flagged_tensors": md_table(flagged[["parameter", "rel_l2", "z", "reason"]]),
     })
 
 
 @dg.asset(
     group_name=GROUP, owners=OWNERS,
     kinds={"pytorch", "parquet"}, partitions_def=snapshot_partitions,
-    deps=["snapshot_baseline", _all("serving_samples")],
+    deps=["snapshot_baseline", all_partitions("serving_samples")],
     description="The snapshot run on recent served inputs with every graph node's output "
                 "captured: NaN, inf and extreme activations walked upstream to the input "
                 "features responsible (verified by re-running) and downstream to the prediction, "
@@ -261,15 +244,15 @@ def snapshot_activations(context: dg.AssetExecutionContext, telemetry: Telemetry
         "summary": found.summary(), "rows": found.rows, "bad_rows": found.bad_rows,
         "bad_output_rows": found.bad_output_rows,
         "guards": dg.MetadataValue.json(found.guards),
-        "bad_nodes": _table(found.nodes.loc[found.nodes["bad"], ["node", "target", "nan_rows",
-                                                                 "inf_rows", "extreme_rows"]]),
+        "bad_nodes": md_table(found.nodes.loc[found.nodes["bad"], ["node", "target", "nan_rows",
+                                                                   "inf_rows", "extreme_rows"]]),
     })
 
 
 @dg.asset(
     group_name=GROUP, owners=OWNERS,
     kinds={"pytorch", "parquet"}, partitions_def=snapshot_partitions,
-    deps=["snapshot_baseline", _all("serving_samples")],
+    deps=["snapshot_baseline", all_partitions("serving_samples")],
     description="Ablation importance of every feature under the snapshot and under its latest "
                 "operationally stable predecessor on the same recent served rows (features "
                 "replaced by their mean), with a bootstrap over rows: the features whose "
@@ -309,12 +292,12 @@ def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: Tel
     metadata = {
         "reference": base["reference"], "rows": int(scored.sum()),
         "significant": int(change["significant"].sum()),
-        "ranking": _table(change[["feature", "ratio", "ratio_low", "ratio_high", "p_value",
+        "ranking": md_table(change[["feature", "ratio", "ratio_low", "ratio_high", "p_value",
                                   "significant"]], limit=10),
     }
     if (np.isfinite(change["ratio"]) & (change["ratio"] > 0)).any():
         metadata["plot"] = dg.MetadataValue.md(
-            _image(storage, importance_plot(change), STORE, sid, "importance.png"))
+            saved_png_md(storage, importance_plot(change), STORE, sid, "importance.png"))
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -322,7 +305,8 @@ def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: Tel
     group_name=GROUP, owners=OWNERS,
     kinds={"pandas", "parquet"}, partitions_def=snapshot_partitions,
     deps=["snapshot_baseline", telemetry_key("training_runs"),
-          telemetry_key("training_metrics"), _all("training_data"), _all("serving_samples")],
+          telemetry_key("training_metrics"), all_partitions("training_data"),
+          all_partitions("serving_samples")],
     description="Snapshot -> training run -> dataset partitions: the run's loss and gradient "
                 "curves (divergence, explosion, stall, with the step each began) and its "
                 "partitions against their neighbours and against served data.",
@@ -354,7 +338,7 @@ def snapshot_training(context: dg.AssetExecutionContext, telemetry: TelemetrySou
     return dg.MaterializeResult(metadata={
         "training_run_id": lineage.training_run_id, "partitions": len(lineage.partitions),
         "curve": (curve or {}).get("reason") or ("healthy" if curve else "no metrics"),
-        "flagged_partitions": _table(ranked[ranked["flagged"]]),
+        "flagged_partitions": md_table(ranked[ranked["flagged"]]),
     })
 
 
@@ -398,13 +382,14 @@ def snapshot_report(context: dg.AssetExecutionContext,
     storage.write_json(report.to_json(), STORE, sid, "report.json")
     images = []
     if weights["rel_l2"].notna().any():
-        images.append(_image(storage, sr.weight_change_plot(weights), STORE, sid, "weights.png"))
+        images.append(saved_png_md(storage, sr.weight_change_plot(weights), STORE, sid,
+                                   "weights.png"))
     if nodes is not None:
-        images.append(_image(storage, sr.activation_range_plot(nodes), STORE, sid,
-                             "activations.png"))
+        images.append(saved_png_md(storage, sr.activation_range_plot(nodes), STORE, sid,
+                                   "activations.png"))
     if metrics is not None and training.get("curve"):
-        images.append(_image(storage, sr.training_curve_plot(metrics, training["curve"]),
-                             STORE, sid, "training_curve.png"))
+        images.append(saved_png_md(storage, sr.training_curve_plot(metrics, training["curve"]),
+                                   STORE, sid, "training_curve.png"))
     markdown = "\n\n".join([
         f"**{report.verdict}**: snapshot `{sid}` of model `{base['model_id']}` "
         f"(compared with `{base['reference'] or 'no stable snapshot'}`)",

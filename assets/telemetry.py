@@ -27,6 +27,11 @@ def telemetry_key(table: str) -> dg.AssetKey:
     return dg.AssetKey(["telemetry", table])
 
 
+def all_partitions(table: str) -> dg.AssetDep:
+    """A dependency on every partition of a contract table."""
+    return dg.AssetDep(telemetry_key(table), partition_mapping=dg.AllPartitionMapping())
+
+
 def _column_schema(spec: TableSpec) -> dg.TableSchema:
     columns = [
         dg.TableColumn(

@@ -13,7 +13,7 @@ import pandas as pd
 from hawkeye_dagster.analysis.training_diagnosis import split_partition_key
 from hawkeye_dagster.assets.partitions import training_partition_partitions
 from hawkeye_dagster.assets.snapshots import served_inputs
-from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 
 GROUP = "training"
@@ -26,11 +26,8 @@ _NOT_FEATURES = {"dataset_id", "partition", "label"}
     group_name=GROUP, owners=OWNERS, kinds={"pandas", "parquet"},
     partitions_def=training_partition_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[dg.AssetDep(telemetry_key("training_data"),
-                      partition_mapping=dg.AllPartitionMapping()),
-          telemetry_key("training_runs"), telemetry_key("models"),
-          dg.AssetDep(telemetry_key("serving_samples"),
-                      partition_mapping=dg.AllPartitionMapping())],
+    deps=[all_partitions("training_data"), telemetry_key("training_runs"),
+          telemetry_key("models"), all_partitions("serving_samples")],
     description="A training data partition's row count, label rate and imbalance and feature "
                 "statistics, each against the neighbouring partitions (robust z) and against "
                 "the served data of the dataset's model (train/serve skew).",

@@ -9,12 +9,11 @@ summary and plots in the UI. A blocking check holds every report to the
 contract's JSON schema.
 """
 
-import base64
-
 import dagster as dg
 
 from hawkeye_dagster.assets.partitions import incident_partitions
-from hawkeye_dagster.assets.telemetry import telemetry_key
+from hawkeye_dagster.assets.metadata import png_md
+from hawkeye_dagster.assets.telemetry import all_partitions
 from hawkeye_dagster.incidents import INCIDENTS_DIR, REPORTS_DIR, Incident
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 
@@ -28,8 +27,10 @@ _READS = ("topline_metrics", "models", "model_features", "experiments", "snapsho
           "training_data")
 
 
-def _dep(table: str) -> dg.AssetDep:
-    return dg.AssetDep(telemetry_key(table), partition_mapping=dg.AllPartitionMapping())
+def write_incident(storage: HawkeyeStorage, incident: Incident) -> str:
+    """Store ``incident`` where its report asset reads it; returns its id (partition key)."""
+    storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{incident.incident_id}.json")
+    return incident.incident_id
 
 
 def read_incident(storage: HawkeyeStorage, incident_id: str) -> Incident:
@@ -47,7 +48,7 @@ def read_report(storage: HawkeyeStorage, incident_id: str) -> dict:
     group_name=GROUP,
     owners=OWNERS,
     kinds={"pandas", "json"},
-    deps=[_dep(t) for t in _READS],
+    deps=[all_partitions(t) for t in _READS],
     check_specs=[dg.AssetCheckSpec(
         "report_conforms_to_contract", asset=INCIDENT_REPORT, blocking=True,
         description="The report conforms to the contract's JSON schema (report.schema.json).")],
@@ -60,7 +61,6 @@ def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySourc
                     storage: HawkeyeStorage) -> dg.MaterializeResult:
     import jsonschema
 
-    from hawkeye_dagster.lake.reader import TimeRange
     from hawkeye_dagster.triage.plots import report_plots
     from hawkeye_dagster.triage.report import validate_report
     from hawkeye_dagster.triage.summary import report_markdown
@@ -68,7 +68,7 @@ def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySourc
 
     incident_id = context.partition_key
     incident = read_incident(storage, incident_id)
-    result = triage(telemetry.reader(), incident.entry, TimeRange.of(*incident.window),
+    result = triage(telemetry.reader(), incident.entry, incident.window,
                     progress=context.log.info)
     report = result.report
     try:
@@ -83,7 +83,7 @@ def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySourc
     for title, png in report_plots(result.evidence).items():
         name = title.lower().replace(" ", "_") + ".png"
         storage.write_bytes(png, REPORTS_DIR, incident_id, name)
-        images[title] = f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+        images[title] = png_md(png, title)
     top = report["root_causes"][0] if report["root_causes"] else None
     return dg.MaterializeResult(check_results=[check], metadata={
         "verdict": report["verdict"],
@@ -110,7 +110,7 @@ def materialize_incident(defs: dg.Definitions, incident: Incident,
     original :class:`~hawkeye_dagster.errors.HawkeyeError`, not Dagster's wrapper.
     """
     storage: HawkeyeStorage = defs.resources["storage"]
-    storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{incident.incident_id}.json")
+    write_incident(storage, incident)
     instance = instance or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(incident_partitions.name, [incident.incident_id])
     job = defs.resolve_job_def(incident_report_job.name)

@@ -8,7 +8,8 @@ See ``../shared/CONTRACT.md`` for the prose version.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 CONTRACT_VERSION = "hawkeye-telemetry/1"
 
@@ -52,21 +53,21 @@ class TableSpec:
     feature_columns: bool = False
     #: the timestamp column that range filters apply to
     time_column: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    @cached_property
+    def columns_by_name(self) -> dict[str, Column]:
+        """The contract columns by name."""
+        return {c.name: c for c in self.columns}
+
     def column(self, name: str) -> Column:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return self.columns_by_name[name]
 
 
-def _c(name: str, kind: Kind, **kw) -> Column:
-    return Column(name, kind, **kw)
+_c = Column
 
 
 T, S, F64, F32, I32, I64, L = (
@@ -240,7 +241,6 @@ _TABLES = (
 )
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in _TABLES}
-REQUIRED_TABLES: tuple[str, ...] = tuple(t.name for t in _TABLES if not t.optional)
 
 LOWER_IS_BETTER_SUFFIX = "_lower_is_better"
 

@@ -14,7 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import pandas as pd
+
+from hawkeye_dagster.lake.reader import TimeRange
 
 EntryKind = Literal["topline", "feature_alert", "snapshot", "auto"]
 INCIDENTS_DIR = "incidents"
@@ -43,14 +44,9 @@ class Incident:
         return f"{self.entry.get('kind', 'auto')}-{digest}"
 
     @property
-    def window(self) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-        def parse(value: str | None) -> pd.Timestamp | None:
-            if value is None:
-                return None
-            ts = pd.Timestamp(value)
-            return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-        return parse(self.start), parse(self.end)
+    def window(self) -> TimeRange:
+        """``start`` and ``end`` as a UTC time range (naive times are taken as UTC)."""
+        return TimeRange.of(self.start, self.end)
 
     def to_json(self) -> dict[str, Any]:
         return {"incident_id": self.incident_id, **asdict(self)}

@@ -5,6 +5,7 @@ With no configuration, both point at the embedded demo (see :mod:`hawkeye_dagste
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -79,8 +80,6 @@ class HawkeyeStorage(dg.ConfigurableResource):
         return target
 
     def write_parquet(self, frame: pd.DataFrame, *parts: str) -> Path:
-        import io
-
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         return self.write_bytes(buf.getvalue(), *parts)

@@ -26,8 +26,9 @@ import pandas as pd
 from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader, related_groups
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
 from hawkeye_dagster.assets.partitions import incident_partitions, training_partition_partitions
+from hawkeye_dagster.assets.triage import write_incident
 from hawkeye_dagster.contract import SEVERITIES, TABLES
-from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
+from hawkeye_dagster.incidents import Incident
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.lake.tail import ITEM, TailCursor, unread_rows
@@ -125,8 +126,7 @@ def feature_alert_sensor(context: dg.SensorEvaluationContext, telemetry: Telemet
     incidents, requests, partitions = [], [], []
     for _, burst in alerts.groupby(related_groups(graph, alerts, BURST)):
         incident = _incident(burst)
-        storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{incident.incident_id}.json")
-        incidents.append(incident.incident_id)
+        incidents.append(write_incident(storage, incident))
         cursor.open.append({"incident": incident.incident_id,
                             "features": sorted(burst["feature_name"].unique()),
                             "last": burst["ts"].max().isoformat()})

@@ -21,8 +21,8 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.topline import detect_topline_anomalies
 from hawkeye_dagster.assets.partitions import incident_partitions
-from hawkeye_dagster.assets.triage import incident_report_job
-from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
+from hawkeye_dagster.assets.triage import incident_report_job, write_incident
+from hawkeye_dagster.incidents import Incident
 from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 
@@ -109,9 +109,8 @@ def topline_anomaly_sensor(context: dg.SensorEvaluationContext, telemetry: Telem
         reason = (f"{len(anomalies)} degraded series, all in open incidents" if len(anomalies)
                   else f"no top-line series degraded in the {SCAN} up to {latest.isoformat()}")
         return dg.SensorResult(skip_reason=reason, cursor=cursor.dump())
-    ids = [i.incident_id for i in incidents]
+    ids = [write_incident(storage, incident) for incident in incidents]
     for incident in incidents:
-        storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{incident.incident_id}.json")
         context.log.info(f"incident {incident.incident_id}: {incident.detail['metric']} of "
                          f"{incident.entry['product']}/{incident.entry['segment']} degraded "
                          f"from {incident.detail['onset']}")

@@ -8,10 +8,8 @@ import pytest
 from hawkeye_dagster.contract import TABLES
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TimeRange
-from hawkeye_dagster.lake.sql import SqlLake
-from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
 from hawkeye_dagster.lake.validate import validate_lake
-from lake_factory import assert_same, postgres_schema
+from lake_factory import assert_same
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,11 @@ from scipy import stats as sps
 
 from hawkeye_dagster.analysis.drift import drift_table
 from hawkeye_dagster.analysis.feature_stats import PREDICTION, FeatureStats, ReferenceProfile
-from hawkeye_dagster.analysis.topline import cusum_excursions
+from hawkeye_dagster.analysis.topline import MAD_TO_SD, cusum_excursions, in_range
 from hawkeye_dagster.lake.reader import TimeRange
 
 FEATURE_VIEWS = ("mean", "std", "null_fraction", "psi")
 PREDICTION_VIEWS = ("mean", "p50", "psi")
-#: median absolute deviation to standard deviation, for normal data
-MAD_TO_SD = 1.4826
 #: hourly z-scores are clipped to this before the onset search (one wild hour is no onset)
 Z_CLIP = 8.0
 #: CUSUM allowance of the onset search: hours below it pull an excursion back
@@ -90,9 +88,9 @@ def isolate_features(stats: FeatureStats, reference: ReferenceProfile, window: T
     if PREDICTION not in stats.columns:
         raise KeyError(f"the statistics hold no {PREDICTION!r} column")
     hours = stats.hours
-    in_window = _in_range(hours, window)
+    in_window = in_range(hours, window)
     baseline = baseline or TimeRange(None, window.start)
-    in_baseline = _in_range(hours, baseline) & ~in_window
+    in_baseline = in_range(hours, baseline) & ~in_window
     if not in_window.any() or in_baseline.sum() < 2:
         raise ValueError(f"need window hours and at least two baseline hours; statistics cover "
                          f"{hours.min()} to {hours.max()}")
@@ -142,16 +140,6 @@ def isolate_features(stats: FeatureStats, reference: ReferenceProfile, window: T
         "window_value": float(np.nanmedian(pred[pred_view][in_window])),
     }
     return Isolation(features=frame, prediction=prediction, window=window, baseline=baseline)
-
-
-def _in_range(hours: pd.DatetimeIndex, span: TimeRange) -> np.ndarray:
-    """Boolean mask of the hours that start inside ``[span.start, span.end)``."""
-    mask = np.ones(len(hours), dtype=bool)
-    if span.start is not None:
-        mask &= hours >= span.start
-    if span.end is not None:
-        mask &= hours < span.end
-    return mask
 
 
 def _series(stats: FeatureStats, reference: ReferenceProfile) -> dict[str, np.ndarray]:

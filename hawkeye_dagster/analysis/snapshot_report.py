@@ -235,13 +235,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _figure(rows: int):
+def _subplots(*args, **kwargs):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(8, max(2.5, 0.22 * rows + 1)))
+    return plt.subplots(*args, **kwargs)
+
+
+def _figure(rows: int):
+    return _subplots(figsize=(8, max(2.5, 0.22 * rows + 1)))
 
 
 def weight_change_plot(weights: pd.DataFrame) -> bytes:
@@ -277,12 +281,7 @@ def activation_range_plot(nodes: pd.DataFrame) -> bytes:
 
 def training_curve_plot(metrics: pd.DataFrame, curve: dict) -> bytes:
     """Loss and gradient norm per step (log scale) with the onsets found. PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    fig, (top, bottom) = _subplots(2, 1, figsize=(8, 5), sharex=True)
     metrics = metrics.sort_values("step")
     top.plot(metrics["step"], metrics["loss"], lw=1)
     bottom.plot(metrics["step"], metrics["grad_norm"], lw=1, color="tab:orange")

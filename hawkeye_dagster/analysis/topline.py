@@ -24,6 +24,8 @@ SERIES_KEYS = ["product", "segment", "metric"]
 _DAY = pd.Timedelta("1D")
 #: a MAD of 0 (a flat series) would make any change infinitely significant
 _MIN_RELATIVE_SCALE = 1e-6
+#: median absolute deviation to standard deviation, for normal data
+MAD_TO_SD = 1.4826
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def seasonal_robust_z(wide: pd.DataFrame, reference_end: pd.Timestamp | None, *,
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # series without reference data
         centre = np.nanmedian(ref_residual, axis=0)
-        scale = 1.4826 * np.nanmedian(np.abs(ref_residual - centre), axis=0)
+        scale = MAD_TO_SD * np.nanmedian(np.abs(ref_residual - centre), axis=0)
         level = np.nanmedian(np.abs(reference.to_numpy(float)), axis=0)
     # in-sample residuals understate the error of a median of n values on new days; n counts
     # the days each series has data for, not the reference's length on the grid
@@ -136,12 +138,12 @@ def _weekday_adjusted(wide: pd.DataFrame, profile: pd.DataFrame,
     reference = departure.loc[in_reference]
     grouped = reference.groupby(weekday[in_reference])
     by_day, count = grouped.median(), grouped.count()
-    spread = 1.4826 * (reference - reference.median()).abs().median()
+    spread = MAD_TO_SD * (reference - reference.median()).abs().median()
     se2 = (np.pi / 2) * spread**2 / count.where(count > 0)
     shrunk = by_day * (1 - se2 / by_day**2).clip(lower=0.0)
     shift = shrunk.reindex(weekday).set_axis(wide.index).fillna(0.0)
-    spread = np.sqrt((shrunk**2).mean())  # [S]; NaN for a series with no reference at all
-    unseen = (count.reindex(weekday).fillna(0).to_numpy() == 0) * spread.fillna(0.0).to_numpy()
+    typical = np.sqrt((shrunk**2).mean())  # [S]; NaN for a series with no reference at all
+    unseen = (count.reindex(weekday).fillna(0).to_numpy() == 0) * typical.fillna(0.0).to_numpy()
     unseen = np.where(positive.to_numpy(), np.abs(profile.to_numpy(float)) * unseen, unseen)
     adjusted = (profile * (1 + shift)).where(positive, profile + shift, axis=1)
     return adjusted, np.nan_to_num(unseen)
@@ -174,7 +176,7 @@ def detect_topline_anomalies(metrics: pd.DataFrame, window: TimeRange | None = N
     window = window or TimeRange()
     scores = seasonal_scores(metrics, window.start)
     grid = scores.z.index
-    inside = (grid >= scores.reference_end) & _within(grid, window)
+    inside = (grid >= scores.reference_end) & in_range(grid, window)
     if not inside.any():
         return pd.DataFrame(columns=columns)
     z = scores.z.loc[inside].to_numpy(float)
@@ -227,7 +229,8 @@ def _bucket(index: pd.DatetimeIndex) -> pd.Timedelta:
     return index.to_series().diff().mode().iloc[0]
 
 
-def _within(grid: pd.DatetimeIndex, window: TimeRange) -> np.ndarray:
+def in_range(grid: pd.DatetimeIndex, window: TimeRange) -> np.ndarray:
+    """Boolean mask of the times of ``grid`` inside ``[window.start, window.end)``."""
     keep = np.ones(len(grid), dtype=bool)
     if window.start is not None:
         keep &= grid >= window.start

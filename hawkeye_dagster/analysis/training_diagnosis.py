@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hawkeye_dagster.analysis.topline import MAD_TO_SD
 from hawkeye_dagster.errors import UnknownIdError
 
 #: neighbouring partitions on each side that a partition is compared with
@@ -39,7 +40,6 @@ EXPLOSION_FACTOR = 10.0
 DIVERGENCE_RATIO = 0.5
 #: a run whose loss improved by less than this (relative) has stalled
 STALL_IMPROVEMENT = 0.01
-_MAD = 1.4826
 
 PROFILE_COLUMNS = ("partition", "subject", "stat", "value", "se")
 CHECK_COLUMNS = ("partition", "subject", "stat", "value", "neighbour_median", "z", "flagged",
@@ -171,7 +171,7 @@ def neighbour_checks(profile: pd.DataFrame, partitions: Sequence[str] | None = N
             shifted[i, :-offset] = matrix[offset:]
     with np.errstate(all="ignore"), _quiet():
         median = np.nanmedian(shifted, axis=0)
-        mad = _MAD * np.nanmedian(np.abs(shifted - median), axis=0)
+        mad = MAD_TO_SD * np.nanmedian(np.abs(shifted - median), axis=0)
     checks = pd.DataFrame({
         "partition": np.repeat(wide.index.to_numpy(), wide.shape[1]),
         "subject": np.tile(wide.columns.get_level_values(0), len(wide)),
@@ -322,7 +322,7 @@ def _curve(run: str, part: pd.DataFrame, explosion_factor: float, divergence_rat
     best = finite_smooth[best_at]
     first = smooth[0]
     early = loss[:best_at + 1][np.isfinite(loss[:best_at + 1])]
-    noise = _MAD * np.median(np.abs(np.diff(early))) if len(early) > 2 else 0.0
+    noise = MAD_TO_SD * np.median(np.abs(np.diff(early))) if len(early) > 2 else 0.0
     loss_bad = ~np.isfinite(loss)
     diverged = bool(loss_bad.any()
                     or smooth[-1] > best + max(divergence_ratio * abs(best), 3 * noise)
@@ -330,7 +330,7 @@ def _curve(run: str, part: pd.DataFrame, explosion_factor: float, divergence_rat
     divergence_step = int(step[min(best_at + 1, len(step) - 1)]) if diverged else None
     with np.errstate(all="ignore"):
         earlier = pd.Series(grad).expanding(min_periods=5).median().shift().to_numpy()
-        spread = _MAD * pd.Series(np.abs(grad - earlier)).expanding(min_periods=5).median() \
+        spread = MAD_TO_SD * pd.Series(np.abs(grad - earlier)).expanding(min_periods=5).median() \
             .shift().to_numpy()
         grad_bad = ~np.isfinite(grad)
         high = (grad > explosion_factor * earlier) | grad_bad

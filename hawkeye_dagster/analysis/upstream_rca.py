@@ -31,7 +31,7 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.changepoints import detect_changepoints, pivot_node_stats, select_nodes
 from hawkeye_dagster.analysis.lineage_graph import feature_node
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange, as_utc
 
 #: logistic weights of the evidence columns :data:`EVIDENCE` (see :func:`confidence`)
 CONFIDENCE_WEIGHTS = {"intercept": -5.0, "moved": 1.0, "origin": 4.0, "change": 1.5,
@@ -145,7 +145,7 @@ def upstream_root_cause(
     """
     if not bad_features:
         raise ValueError("no bad features given")
-    onsets = {f: _utc(t) for f, t in bad_features.items()}
+    onsets = {f: as_utc(t) for f, t in bad_features.items()}
     feature_nodes = {f: feature_node(graph, f) for f in onsets}
 
     # ancestors of each bad feature with their distance down to it
@@ -209,7 +209,7 @@ def upstream_from_reader(
     """
     nodes = {feature_node(graph, f) for f in bad_features}
     ancestors = sorted(nodes.union(*(nx.ancestors(graph, n) for n in nodes)))
-    onsets = [_utc(t) for t in bad_features.values()]
+    onsets = [as_utc(t) for t in bad_features.values()]
     span = TimeRange(min(onsets) - settings.lead - settings.baseline, max(onsets) + settings.lag)
     stats = reader.read("lineage_node_stats", time_range=span, isin={"node_id": ancestors})
     changes = reader.read("lineage_changes", isin={"node_id": ancestors})
@@ -320,8 +320,3 @@ def _summary(row) -> str:
 
 def _iso(ts: pd.Timestamp) -> str:
     return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%MZ")
-
-
-def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -10,12 +10,11 @@ overflows int32, a timestamp outside the nanosecond range) is a
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 import pyarrow as pa
 
-from hawkeye_dagster.contract import TABLES, Column, Kind, TableSpec
+from hawkeye_dagster.contract import Kind, TableSpec
 from hawkeye_dagster.errors import ContractError
 
 #: the one timestamp type frames carry
@@ -54,11 +53,6 @@ _ACCEPTS = {
 }
 
 
-@functools.cache
-def _contract_columns(table: str) -> dict[str, Column]:
-    return {c.name: c for c in TABLES[table].columns}
-
-
 def type_problem(spec: TableSpec, name: str, stored: pa.DataType) -> str | None:
     """Why a stored column of type ``stored`` cannot hold column ``name`` of ``spec``.
 
@@ -66,7 +60,7 @@ def type_problem(spec: TableSpec, name: str, stored: pa.DataType) -> str | None:
     partition key repeated inside a file may be any type that reads as text.
     Columns outside the contract are extra columns and always fit.
     """
-    column = _contract_columns(spec.name).get(name)
+    column = spec.columns_by_name.get(name)
     if pa.types.is_null(stored) or column is None:
         return None
     kind = column.kind
@@ -79,7 +73,7 @@ def type_problem(spec: TableSpec, name: str, stored: pa.DataType) -> str | None:
 
 def target_type(spec: TableSpec, name: str, stored: pa.DataType) -> pa.DataType:
     """The type a stored column is read as: the contract's, float32 for features, else its own."""
-    column = _contract_columns(spec.name).get(name)
+    column = spec.columns_by_name.get(name)
     if column is not None:
         return ARROW_TYPES[column.kind]
     if spec.feature_columns and _numeric(stored):

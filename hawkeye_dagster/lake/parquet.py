@@ -104,12 +104,36 @@ class ParquetLake(TelemetryReader):
                     if not is_key:
                         pending.append((info.path, partition))
                         continue
-                    value = None if raw == HIVE_NULL else unquote(raw)
+                    value = _hive_value(raw)
                     if keep(key, value):
                         pending.append((info.path, {**partition, key: value}))
                 elif info.type == pafs.FileType.File and name.endswith(".parquet"):
                     found.append((info, partition))
         return sorted(found, key=lambda item: item[0].path)
+
+    def listed_files(self, table: str) -> list[tuple[str, int, TablePart]]:
+        """The table's ``*.parquet`` files by one recursive listing (no footer read), sorted by
+        name: each file's path inside the table folder, its modification time in ns, and its
+        part for :meth:`read_part` (schema ``None``). An absent table folder lists nothing.
+
+        Hidden (``.``/``_``) files and folders are skipped, and Hive ``key=value`` folders give
+        each part its partition values, as :meth:`read_arrow` lists them.
+        """
+        folder = f"{self._root}/{table}"
+        infos = self._fs.get_file_info(pafs.FileSelector(folder, recursive=True,
+                                                         allow_not_found=True))
+        found = []
+        for info in infos:
+            name = info.path[len(folder) + 1:]
+            steps = name.split("/")
+            if (info.type != pafs.FileType.File or not name.endswith(".parquet")
+                    or any(s.startswith((".", "_")) for s in steps)):
+                continue
+            hive = (s.partition("=") for s in steps[:-1])
+            partition = {k: _hive_value(v) for k, is_key, v in hive if is_key}
+            part = TablePart(table, self._display(info.path), None, partition)
+            found.append((name, info.mtime_ns, part))
+        return sorted(found, key=lambda item: item[0])
 
     def _table_files(self, spec: TableSpec, **filters) -> list[tuple[pafs.FileInfo, Partition]]:
         if self._fs.get_file_info(f"{self._root}/{spec.name}").type != pafs.FileType.Directory:
@@ -240,6 +264,11 @@ class ParquetLake(TelemetryReader):
 
     def open_artifact(self, artifact: str):
         return open_input(self.resolve_artifact(artifact))
+
+
+def _hive_value(raw: str) -> str | None:
+    """A partition value from its Hive folder name (``key=<raw>``)."""
+    return None if raw == HIVE_NULL else unquote(raw)
 
 
 def _day_overlaps(day: str, time_range: TimeRange) -> bool:

@@ -33,7 +33,7 @@ class TimeRange:
 
     @classmethod
     def of(cls, start=None, end=None) -> "TimeRange":
-        return cls(_utc(start), _utc(end))
+        return cls(as_utc(start), as_utc(end))
 
     def expression(self, column: str) -> pc.Expression | None:
         """The Arrow filter ``start <= column < end`` (``None`` when unbounded both ways)."""
@@ -45,7 +45,8 @@ class TimeRange:
         return functools.reduce(operator.and_, bounds) if bounds else None
 
 
-def _utc(value) -> pd.Timestamp | None:
+def as_utc(value) -> pd.Timestamp | None:
+    """A timestamp (string, datetime, Timestamp) in UTC; naive times are taken as UTC."""
     if value is None:
         return None
     ts = pd.Timestamp(value)

@@ -35,6 +35,12 @@ from hawkeye_dagster.settings import redact_url
 _JULIAN_SLACK_DAYS = 1e-6
 
 
+def _kind(spec: TableSpec, name: str) -> Kind | None:
+    """The contract kind of a column (``None`` for a feature or extra column)."""
+    column = spec.columns_by_name.get(name)
+    return column.kind if column is not None else None
+
+
 class SqlLake(TelemetryReader):
     """Telemetry tables in the database at ``url`` (in ``schema``, else the default one).
 
@@ -85,7 +91,7 @@ class SqlLake(TelemetryReader):
 
     def _stored_type(self, spec: TableSpec, column: sa.Column) -> pa.DataType:
         """The Arrow type a column's values arrive as (before the contract's cast)."""
-        kind = spec.column(column.name).kind if column.name in spec.column_names else None
+        kind = _kind(spec, column.name)
         sql_type = column.type
         if isinstance(sql_type, (sa.String, sa.JSON, sa.types.NullType)):
             if kind is Kind.STRING_LIST:
@@ -177,8 +183,7 @@ class SqlLake(TelemetryReader):
 
     def _select(self, spec: TableSpec, column: sa.Column):
         """The column as selected: SQLite timestamps as their raw text, parsed here."""
-        if self.is_sqlite and column.name in spec.column_names \
-                and spec.column(column.name).kind is Kind.TIMESTAMP:
+        if self.is_sqlite and _kind(spec, column.name) is Kind.TIMESTAMP:
             return sa.type_coerce(column, sa.String()).label(column.name)
         return column
 
@@ -212,7 +217,7 @@ class SqlLake(TelemetryReader):
         values = list(zip(*rows)) if rows else [()] * len(names)
         arrays = []
         for name, column in zip(names, values):
-            kind = spec.column(name).kind if name in spec.column_names else None
+            kind = _kind(spec, name)
             try:
                 if kind is Kind.TIMESTAMP:
                     arrays.append(pa.array(pd.to_datetime(pd.Series(column, dtype=object),

@@ -24,14 +24,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from urllib.parse import unquote
 
 import pandas as pd
-import pyarrow.fs as pafs
 
 from hawkeye_dagster.errors import ContractError
-from hawkeye_dagster.lake.location import filesystem_for
-from hawkeye_dagster.lake.parquet import HIVE_NULL, ParquetLake
+from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
 
 #: a Parquet file may become visible up to this long after a newer one (slow writers)
@@ -112,7 +109,7 @@ def unread_rows(reader: TelemetryReader, table: str, cursor: TailCursor,
 
 def _unread_files(reader: ParquetLake, table: str, cursor: TailCursor,
                   columns: Sequence[str] | None, grace: pd.Timedelta) -> Tail:
-    files = table_files(reader, table)
+    files = reader.listed_files(table)
     window = pd.Series({name: mtime for name, mtime, _ in files}, dtype="int64")
     if cursor.mark is not None:
         window = window[window >= cursor.mark - grace.value]
@@ -132,31 +129,6 @@ def _read(reader: ParquetLake, part: TablePart, columns: Sequence[str] | None) -
         raise ContractError("column missing from the file", table=part.table,
                             file=part.location, column=missing[0])
     return data.to_pandas()
-
-
-def table_files(reader: ParquetLake, table: str) -> list[tuple[str, int, TablePart]]:
-    """The table's ``*.parquet`` files by listing only, sorted by name: each file's path
-    inside the table folder, its modification time in ns, and its part for
-    :meth:`~hawkeye_dagster.lake.reader.TelemetryReader.read_part`.
-
-    Hidden (``.``/``_``) files and folders are skipped, as the reader skips them; Hive
-    ``key=value`` folders give each part its partition values.
-    """
-    fs, root = filesystem_for(reader.location)
-    folder = f"{root}/{table}"
-    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-    found = []
-    for info in infos:
-        name = info.path[len(folder) + 1:]
-        steps = name.split("/")
-        if (info.type != pafs.FileType.File or not name.endswith(".parquet")
-                or any(s.startswith((".", "_")) for s in steps)):
-            continue
-        hive = (s.partition("=") for s in steps[:-1])
-        partition = {k: None if v == HIVE_NULL else unquote(v) for k, is_key, v in hive if is_key}
-        part = TablePart(table, f"{reader.location}/{table}/{name}", None, partition)
-        found.append((name, info.mtime_ns, part))
-    return sorted(found, key=lambda item: item[0])
 
 
 def _unread_sql_rows(reader: TelemetryReader, table: str, cursor: TailCursor,

@@ -63,11 +63,7 @@ class AuditStore:
 
         A failed resume does not end a pause (the pipeline is still paused).
         """
-        history = self.history(incident)
-        failed_resume = (history["action"] == "resume") & (history["outcome"] == "failed")
-        last = history[~failed_resume].drop_duplicates("pipeline_id", keep="last")
-        return last[(last["action"] == "pause") & last["outcome"].isin(HOLDING)].reset_index(
-            drop=True)
+        return _holding(self.history(incident))
 
     def interrupted(self, incident: str) -> pd.Series:
         """The incident's pauses that failed after the state was read: ``state_before`` by
@@ -78,9 +74,24 @@ class AuditStore:
         failed pauses since the pipeline's last other entry count, and the earliest of them
         holds the state from before the incident touched it.
         """
+        return _interrupted(self.history(incident))
+
+    def pause_state(self, incident: str) -> tuple[pd.DataFrame, pd.Series]:
+        """:meth:`holding` and :meth:`interrupted` from one read of the incident's history."""
         history = self.history(incident)
-        failed = (history["action"] == "pause") & (history["outcome"] == "failed")
-        # per pipeline, how many entries that are not failed pauses come later: 0 = since the last
-        settled = (~failed)[::-1].groupby(history["pipeline_id"][::-1]).cumsum()[::-1]
-        since = history[failed & (settled == 0) & history["state_before"].notna()]
-        return since.drop_duplicates("pipeline_id").set_index("pipeline_id")["state_before"]
+        return _holding(history), _interrupted(history)
+
+
+def _holding(history: pd.DataFrame) -> pd.DataFrame:
+    failed_resume = (history["action"] == "resume") & (history["outcome"] == "failed")
+    last = history[~failed_resume].drop_duplicates("pipeline_id", keep="last")
+    return last[(last["action"] == "pause") & last["outcome"].isin(HOLDING)].reset_index(
+        drop=True)
+
+
+def _interrupted(history: pd.DataFrame) -> pd.Series:
+    failed = (history["action"] == "pause") & (history["outcome"] == "failed")
+    # per pipeline, how many entries that are not failed pauses come later: 0 = since the last
+    settled = (~failed)[::-1].groupby(history["pipeline_id"][::-1]).cumsum()[::-1]
+    since = history[failed & (settled == 0) & history["state_before"].notna()]
+    return since.drop_duplicates("pipeline_id").set_index("pipeline_id")["state_before"]

@@ -38,8 +38,8 @@ def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str,
     ``failed`` (the orchestrator's error in ``reason``; ``state_before`` when it was read,
     so a retry that finds the pipeline paused knows the pause was applied and whose it is).
     """
-    held = set(audit.holding(plan.incident)["pipeline_id"])
-    interrupted = audit.interrupted(plan.incident)
+    holding, interrupted = audit.pause_state(plan.incident)
+    held = set(holding["pipeline_id"])
     refused = refusal(plan, policy, automatic=automatic)
     now = pd.Timestamp.now(tz="UTC")
     results = []
