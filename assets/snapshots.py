@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
-from hawkeye_dagster.analysis.snapshot_report import GATE_CHECKS
+from hawkeye_dagster.analysis.snapshot_report import GATE_CHECKS, RECENT_INPUTS
 from hawkeye_dagster.assets.partitions import snapshot_partitions
 from hawkeye_dagster.assets.metadata import md_table, saved_png_md
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
@@ -30,14 +30,10 @@ from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 GROUP = "snapshots"
 OWNERS = ["team:ml-modeling"]
 STORE = "snapshots"
-#: stable snapshots whose stable-to-stable diffs define a normal weight change
-STABLE_HISTORY = 5
 #: served rows a snapshot is run on
 ACTIVATION_ROWS = 10_000
 #: served rows feature importance is compared on (ablation costs a pass per feature)
 IMPORTANCE_ROWS = 2_000
-#: how far around publication served inputs are looked for
-RECENT = pd.Timedelta("1D")
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -76,13 +72,13 @@ def served_inputs(reader: TelemetryReader, model_id: str, features: list[str],
     to ``at``: the day before it; for a snapshot published before its model served, the first
     day served; for a lake that stops earlier, its last day."""
     columns = ["ts", "label", *features]
-    served = reader.serving_samples(model_id, TimeRange(at - RECENT, at), columns=columns)
+    served = reader.serving_samples(model_id, TimeRange(at - RECENT_INPUTS, at), columns=columns)
     if served.empty:
-        after = reader.serving_samples(model_id, TimeRange(at, at + 2 * RECENT), columns=columns)
-        served = after[after["ts"] < after["ts"].min() + RECENT]
+        after = reader.serving_samples(model_id, TimeRange(at, at + 2 * RECENT_INPUTS), columns=columns)
+        served = after[after["ts"] < after["ts"].min() + RECENT_INPUTS]
     if served.empty:
         everything = reader.serving_samples(model_id, columns=columns)
-        served = everything[everything["ts"] > everything["ts"].max() - RECENT]
+        served = everything[everything["ts"] > everything["ts"].max() - RECENT_INPUTS]
     return served.sort_values("ts", kind="stable").tail(rows).reset_index(drop=True)
 
 
@@ -156,7 +152,7 @@ def snapshot_baseline(context: dg.AssetExecutionContext, telemetry: TelemetrySou
     reader = telemetry.reader()
     info = snapshot_info(reader, context.partition_key)
     history = stable_history(reader, storage, [info.model_id])
-    stable = latest_stable(history, info.model_id, info.published_at, n=STABLE_HISTORY)
+    stable = latest_stable(history, info.model_id, info.published_at)
     artifacts = dict(zip(history["snapshot_id"], history["artifact"]))
     try:
         name = reader.resolve_artifact(info.artifact)

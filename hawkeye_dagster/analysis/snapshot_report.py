@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from hawkeye_dagster.analysis.training_diagnosis import PartitionDiagnosis, TrainingLineage
     from hawkeye_dagster.lake.reader import TelemetryReader
 
+#: served data this long around publication are a snapshot's recent inputs
+RECENT_INPUTS = pd.Timedelta("1D")
 #: check name -> what it asserts
 GATE_CHECKS = {
     "no_nonfinite_outputs": "the snapshot returns no NaN or inf predictions on recent inputs "

@@ -21,6 +21,8 @@ from scipy import stats
 
 from hawkeye_dagster.analysis.model_isolation import MIN_LABELED, bucket_quality
 
+#: stable snapshots whose stable-to-stable changes define a normal one (weights, importance)
+STABLE_HISTORY = 5
 MIN_SERVED = pd.Timedelta("24h")
 #: one-sided significance level of each quality test
 ALPHA = 0.01
@@ -188,7 +190,8 @@ def _reasons(table: pd.DataFrame, worse_loss: pd.Series, worse_bias: pd.Series,
                       + " h without degradation")
 
 
-def latest_stable(history: pd.DataFrame, model_id: str, at: pd.Timestamp, n: int = 5) -> list[str]:
+def latest_stable(history: pd.DataFrame, model_id: str, at: pd.Timestamp,
+                  n: int = STABLE_HISTORY) -> list[str]:
     """The ``n`` latest snapshots of ``model_id`` that were stable at ``at``, oldest first.
 
     ``history`` is :func:`stable_snapshots`' result; a snapshot counts when it

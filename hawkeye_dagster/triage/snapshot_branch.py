@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hawkeye_dagster.analysis.rollout import RolloutFinding
+from hawkeye_dagster.analysis.snapshot_report import RECENT_INPUTS
 from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.triage import calibration
 
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
 
 #: serving rows the activations are captured on
 ACTIVATION_ROWS = 2000
-#: served data this long before publication is the snapshot's inputs
-RECENT = pd.Timedelta("1D")
-#: stable snapshots that define the normal size of a weight change
-STABLE_HISTORY = 5
 
 
 @dataclass
@@ -89,7 +86,7 @@ def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> Snapsh
     samples = data.quality_samples(model_id).assign(model_id=model_id)
     history = stable_snapshots(snapshots, data.experiments(model_id), samples, {model_id: task},
                                as_of=data.window.end)
-    stable = latest_stable(history, model_id, published_at, n=STABLE_HISTORY)
+    stable = latest_stable(history, model_id, published_at)
     reference = stable[-1] if stable else None
     artifact = dict(zip(snapshots["snapshot_id"], snapshots["artifact"]))
     weights = weight_change(reader, artifact, snapshot_id, stable)
@@ -124,7 +121,7 @@ def _served_inputs(run: TriageRun, model_id: str, features: list[str],
     before ``at`` (its publication: normal inputs, not those of an incident that came later),
     else of the window's last day."""
     end = run.data.window.end
-    for span in (TimeRange(at - RECENT, at), TimeRange(end - RECENT, end)):
+    for span in (TimeRange(at - RECENT_INPUTS, at), TimeRange(end - RECENT_INPUTS, end)):
         rows = run.data.serving_inputs(model_id, span)
         if len(rows):
             break
