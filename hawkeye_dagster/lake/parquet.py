@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 from hawkeye_dagster.contract import TABLES, TableSpec
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.conform import (
-    TIMESTAMP,
     conform,
     contract_schema,
     unified_schema,
@@ -182,8 +181,7 @@ class ParquetLake(TelemetryReader):
         if missing:
             raise ContractError("no such column in the files read", table=spec.name,
                                 file=f"{self.location}/{spec.name}", column=missing[0])
-        return self._scan(spec, files, schema, names,
-                          _row_filter(spec, schema, time_range, equals, isin))
+        return self._scan(spec, files, schema, names, _Filters(time_range, equals, isin))
 
     def _read_schema(self, spec: TableSpec, files: list[tuple[pafs.FileInfo, Partition]],
                      columns: Sequence[str] | None = None) -> pa.Schema:
@@ -195,18 +193,39 @@ class ParquetLake(TelemetryReader):
             for info, p in files])
 
     def _scan(self, spec: TableSpec, files: list[tuple[pafs.FileInfo, Partition]],
-              schema: pa.Schema, names: list[str], row_filter: pc.Expression | None) -> pa.Table:
+              schema: pa.Schema, names: list[str], filters: _Filters) -> pa.Table:
+        """The rows of ``files`` that pass ``filters``, as ``schema`` (the read schema).
+
+        Files are scanned in groups of one stored encoding (the types of the columns read and
+        filtered), each with filters whose scalars are cast to that group's types, so a
+        naive ``timestamp[us]`` file and a ``timestamp[ns, tz=Asia/Kolkata]`` one are both
+        filtered natively; each group is then cast to the read schema.
+        """
         if not files:
             return schema.empty_table().select(names)
-        guarantees = [_guarantee(spec, partition, self._footer(spec, info))
-                      for info, partition in files]
-        dataset = ds.FileSystemDataset.from_paths(
-            [info.path for info, _ in files], schema=schema, format=_FORMAT,
-            filesystem=self._fs, partitions=guarantees)
-        try:
-            return dataset.to_table(columns=names, filter=row_filter)
-        except (pa.ArrowException, OSError) as exc:
-            raise self._locate(spec, files, names, exc) from exc
+        wanted = set(names) | filters.columns(spec)
+        groups: dict[tuple, list[tuple[pafs.FileInfo, Partition]]] = {}
+        for info, partition in files:
+            stored = self._with_partition(self._footer(spec, info).schema, partition)
+            key = tuple((f.name, f.type) for f in stored if f.name in wanted)
+            groups.setdefault(key, []).append((info, partition))
+        target = pa.schema([schema.field(n) for n in names])
+        tables = []
+        for key, members in groups.items():
+            stored = pa.schema([*key, *(schema.field(n) for n in wanted
+                                        if n not in dict(key))])
+            guarantees = [_guarantee(spec, partition, self._footer(spec, info), stored)
+                          for info, partition in members]
+            dataset = ds.FileSystemDataset.from_paths(
+                [info.path for info, _ in members], schema=stored, format=_FORMAT,
+                filesystem=self._fs, partitions=guarantees)
+            try:
+                data = dataset.to_table(columns=names, filter=filters.expression(spec, stored))
+            except (pa.ArrowException, OSError) as exc:
+                raise self._locate(spec, members, names, exc) from exc
+            tables.append(_cast_to(conform(data, spec, location=self._display(
+                members[0][0].path)), target))
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def _locate(self, spec: TableSpec, files, names: list[str], exc: Exception) -> ContractError:
         """The file (and column) behind a failed scan: unreadable data, or a value that does
@@ -246,7 +265,7 @@ class ParquetLake(TelemetryReader):
         files = [(self._fs.get_file_info(path), dict(part.partition))]
         schema = self._read_schema(spec, files)
         names = [c for c in columns if c in schema.names] if columns is not None else schema.names
-        return self._scan(spec, files, schema, names, None)
+        return self._scan(spec, files, schema, names, _Filters())
 
     def serving_columns(self, model_id: str) -> list[str]:
         spec = TABLES["serving_samples"]
@@ -301,31 +320,105 @@ def _time_bounds(meta: pq.FileMetaData, schema: pa.Schema, column: str | None):
     return (low, high) if _INT64[0] <= low and high <= _INT64[1] else None
 
 
-def _guarantee(spec: TableSpec, partition: Partition, footer: _Footer) -> pc.Expression:
-    """What holds for every row of a file: its partition values and its time bounds."""
-    terms = [pc.field(k).is_null() if v is None else pc.field(k) == v
-             for k, v in partition.items()]
-    if footer.time_bounds is not None:
-        low, high = footer.time_bounds
-        terms += [pc.field(spec.time_column) >= pa.scalar(low, TIMESTAMP),
-                  pc.field(spec.time_column) <= pa.scalar(high, TIMESTAMP)]
+def _guarantee(spec: TableSpec, partition: Partition, footer: _Footer,
+               stored: pa.Schema) -> pc.Expression:
+    """What holds for every row of a file: its partition values and its time bounds, as
+    expressions over the file's stored types (``stored``: its group's scan schema).
+
+    A partition value that does not cast to a key stored inside the file is left out: the
+    guarantee only lets the scan skip work, and the file's own column is read instead.
+    """
+    terms = []
+    for key, value in partition.items():
+        if key not in stored.names:  # neither read nor filtered
+            continue
+        if value is None:
+            terms.append(pc.field(key).is_null())
+            continue
+        scalar = _typed_scalar(value, stored.field(key).type)
+        if scalar is not None:
+            terms.append(pc.field(key) == scalar)
+    time = spec.time_column
+    if (footer.time_bounds is not None and time in stored.names
+            and pa.types.is_timestamp(stored.field(time).type)):
+        kind = stored.field(time).type
+        low, high = (_instant(bound, kind) for bound in footer.time_bounds)
+        terms += [pc.field(time) >= low, pc.field(time) <= high]
     return _all(terms) if terms else pc.scalar(True)
 
 
-def _row_filter(spec: TableSpec, schema: pa.Schema, time_range: TimeRange | None,
-                equals: dict | None, isin: dict | None) -> pc.Expression | None:
-    terms = [pc.field(k) == v for k, v in (equals or {}).items()]
-    for key, values in (isin or {}).items():
-        try:
-            terms.append(pc.field(key).isin(pa.array(list(values), schema.field(key).type)))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ContractError(f"filter values do not fit the column: {exc}", table=spec.name,
-                                column=key) from exc
-    if time_range is not None and spec.time_column is not None:
-        bound = time_range.expression(spec.time_column)
-        if bound is not None:
-            terms.append(bound)
-    return _all(terms) if terms else None
+@dataclass(frozen=True)
+class _Filters:
+    """A read's row filters, built per group of files against the types stored there."""
+
+    time_range: TimeRange | None = None
+    equals: dict | None = None
+    isin: dict | None = None
+
+    def columns(self, spec: TableSpec) -> set[str]:
+        """The columns the filters read."""
+        timed = self.time_range is not None and spec.time_column is not None
+        return {*(self.equals or {}), *(self.isin or {}), *([spec.time_column] if timed else [])}
+
+    def expression(self, spec: TableSpec, stored: pa.Schema) -> pc.Expression | None:
+        """The filter over columns stored as ``stored``: every scalar is cast to its column's
+        stored type (never the column to the scalar's), so any unit, zone or string encoding
+        is compared natively."""
+        terms = []
+        for key, value in (self.equals or {}).items():
+            terms.append(pc.field(key) == self._scalar(spec, key, value, stored))
+        for key, values in (self.isin or {}).items():
+            kind = _value_type(stored.field(key).type)
+            try:
+                terms.append(pc.field(key).isin(pa.array(list(values)).cast(kind)))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise ContractError(f"filter values do not fit the column's {kind}: {exc}",
+                                    table=spec.name, column=key) from exc
+        if self.time_range is not None and spec.time_column is not None:
+            column = spec.time_column
+            kind = stored.field(column).type
+            # for whole values x in the column's unit: x >= s <=> x >= ceil(s), x < e <=> x < ceil(e)
+            for bound, compare in ((self.time_range.start, operator.ge),
+                                   (self.time_range.end, operator.lt)):
+                if bound is not None:
+                    terms.append(compare(pc.field(column),
+                                         _instant(bound.as_unit("ns").value, kind, ceil=True)))
+        return _all(terms) if terms else None
+
+    @staticmethod
+    def _scalar(spec: TableSpec, key: str, value, stored: pa.Schema) -> pa.Scalar:
+        scalar = _typed_scalar(value, stored.field(key).type)
+        if scalar is None:
+            raise ContractError(f"filter value {value!r} does not fit the column's "
+                                f"{stored.field(key).type}", table=spec.name, column=key)
+        return scalar
+
+
+def _value_type(kind: pa.DataType) -> pa.DataType:
+    """The type of a column's values (a dictionary column compares by its values)."""
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+
+def _typed_scalar(value, kind: pa.DataType) -> pa.Scalar | None:
+    """``value`` as a scalar of a column's value type (``None`` when it does not fit)."""
+    try:
+        return pa.scalar(value).cast(_value_type(kind))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+
+
+def _instant(ns: int, kind: pa.DataType, *, ceil: bool = False) -> pa.Scalar:
+    """The instant ``ns`` (nanoseconds since the epoch, UTC) as a scalar of the timestamp type
+    ``kind``: in its unit (rounded down, or up with ``ceil``), in its zone (naive: UTC)."""
+    per = _NS_PER_UNIT[kind.unit]
+    return pa.scalar(-(-ns // per) if ceil else ns // per, kind)
+
+
+def _cast_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` as ``schema``: columns cast to its types (those missing filled with nulls)."""
+    columns = [table[f.name].cast(f.type) if f.name in table.column_names
+               else pa.nulls(len(table), f.type) for f in schema]
+    return pa.table(columns, schema=schema)
 
 
 def _all(terms: list[pc.Expression]) -> pc.Expression:
