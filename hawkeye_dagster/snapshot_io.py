@@ -12,8 +12,10 @@ would take one of those paths (read in ``torch/export/pt2_archive/_package.py``,
   constants and ``opaque_obj_`` constants (``pickle.loads``);
 - the sample inputs, which are a ``torch.save`` pickle loaded with
   ``weights_only=True`` and, if that fails, ``weights_only=False``: their
-  pickle may only name tensor-rebuilding globals (checked by disassembling it
-  with :mod:`pickletools`, not by running it);
+  pickle may only name :data:`TENSOR_GLOBALS`, the globals of torch's own
+  ``weights_only`` unpickler that rebuild tensors (checked by disassembling it
+  with :mod:`pickletools`, not by running it), so the fallback has nothing
+  more to import than ``weights_only`` has;
 - AOTInductor packages (native shared libraries) and other model folders;
 - graph names, placeholder names and ``forward_arg_names``, which FX pastes
   into the Python source it compiles: each must be an identifier;
@@ -47,6 +49,7 @@ import re
 import struct
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
@@ -57,7 +60,9 @@ import sympy
 import torch
 from torch._export.serde.schema import ScalarType
 from torch._export.serde.serialize import _SYM_OPS, deserialize_scalar_type
+from torch._weights_only_unpickler import _get_allowed_globals
 from torch.export.pt2_archive import constants as pt2
+from torch.serialization import StorageType
 
 from hawkeye_dagster.errors import BadSnapshotError
 from hawkeye_dagster.lake.reader import TelemetryReader
@@ -82,13 +87,18 @@ _ENTRIES = re.compile("|".join([
 #: the entries of a torch.save archive holding plain tensors (the sample inputs)
 _TENSOR_ENTRIES = re.compile(r"data\.pkl|data/\d+|version|byteorder|\.format_version"
                              r"|\.storage_alignment|\.data/serialization_id|\.data/version")
-#: the globals a pickle of plain tensors names
-_TENSOR_GLOBALS = frozenset({
-    "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-    "collections.OrderedDict", "torch.Size",
-    *(f"torch.{name}" for name in dir(torch)
-      if name.endswith("Storage") and not name.startswith("_")),
-})
+#: what rebuilds a tensor in a ``torch.save`` pickle of example inputs
+_TENSOR_REBUILDERS = (
+    torch._utils._rebuild_tensor_v2,
+    torch._tensor._rebuild_from_type_v2,  # a tensor with attributes (Dim.DYNAMIC marks one)
+    torch._utils._rebuild_parameter,
+    torch._utils._rebuild_parameter_with_state,
+    torch.Tensor, torch.nn.Parameter, torch.Size, OrderedDict,
+)
+#: the globals the sample-inputs pickle may name: those of torch's ``weights_only``
+#: unpickler (by its names) that are tensor rebuilders or storage types, never more
+TENSOR_GLOBALS = frozenset(name for name, obj in _get_allowed_globals().items()
+                           if isinstance(obj, StorageType) or obj in _TENSOR_REBUILDERS)
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
                "BINSTRING", "STRING"}
 _MEMO_OPS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
@@ -202,18 +212,19 @@ class _Record(NamedTuple):
 
 
 class SnapshotWeights:
-    """The state-dict tensors of a ``.pt2`` snapshot, read one at a time, never unpickled.
+    """The parameters and buffers of a ``.pt2`` snapshot, read one at a time, never unpickled.
 
-    The archive passes :func:`check_archive` first, then each tensor is read
-    from its raw weight entry (what ``torch.export.load`` reads) without
-    building the program. ``source`` is a path, the archive's bytes or a
-    binary file object; a seekable file is read in place, not whole into
-    memory, so memory stays near one tensor per open snapshot. Each tensor's
-    bytes are checked against the CRC of the entry as checked, so a file that
-    changes in between is refused rather than read. Use it as a context
-    manager, or :meth:`close` it, to release a file it opened (or was given
-    with ``close_source``). Anything wrong is a :class:`BadSnapshotError`
-    naming ``name``.
+    The names are :func:`state_dict_tensors`' (non-persistent buffers, saved
+    among the constants, included). The archive passes :func:`check_archive`
+    first, then each tensor is read from its raw entry (what
+    ``torch.export.load`` reads) without building the program. ``source`` is a
+    path, the archive's bytes or a binary file object; a seekable file is read
+    in place, not whole into memory, so memory stays near one tensor per open
+    snapshot. Each tensor's bytes are checked against the CRC of the entry as
+    checked, so a file that changes in between is refused rather than read.
+    Use it as a context manager, or :meth:`close` it, to release a file it
+    opened (or was given with ``close_source``). Anything wrong is a
+    :class:`BadSnapshotError` naming ``name``.
     """
 
     #: bytes read from the archive at a time
@@ -243,18 +254,26 @@ class SnapshotWeights:
             # each entry's CRC is checked as it is read: no separate pass over the archive
             self._archive, entries = _open_checked(stream, self._refuse, max_bytes,
                                                    crc_on_read=True)
-            config = _json(entries[_WEIGHTS_CONFIG], self._refuse)["config"]
-            self._records = {fqn: self._record(fqn, meta, entries) for fqn, meta in config.items()}
+            weights = _json(entries[_WEIGHTS_CONFIG], self._refuse)["config"]
+            constants = _json(entries[_CONSTANTS_CONFIG], self._refuse)["config"]
+            buffers = _non_persistent_buffers(_json(entries[_PROGRAM], self._refuse), self._refuse)
+            self._records = {
+                **{fqn: self._record(fqn, meta, pt2.WEIGHTS_DIR, entries)
+                   for fqn, meta in weights.items()},
+                **{fqn: self._record(fqn, constants.get(fqn), pt2.CONSTANTS_DIR, entries)
+                   for fqn in buffers},
+            }
         except BaseException:
             self.close()
             raise
         self.names = tuple(self._records)
 
-    def _record(self, fqn: str, meta: dict, entries: dict[str, _Entry]) -> _Record:
+    def _record(self, fqn: str, meta: dict | None, folder: str,
+                entries: dict[str, _Entry]) -> _Record:
         try:
             tensor = meta["tensor_meta"]
             return _Record(
-                entries[pt2.WEIGHTS_DIR + meta["path_name"]].info,
+                entries[folder + meta["path_name"]].info,
                 deserialize_scalar_type(ScalarType(tensor["dtype"])),
                 tuple(int(d["as_int"]) for d in tensor["sizes"]),
                 tuple(int(d["as_int"]) for d in tensor["strides"]),
@@ -481,6 +500,16 @@ def _check_payload(config, folder: str, prefix: str, entries, refuse) -> None:
             raise refuse(f"tensor {fqn!r} points at {path!r}, not a raw tensor entry: refused")
 
 
+def _non_persistent_buffers(program, refuse) -> list[str]:
+    """The state-dict names of a serialized program's non-persistent buffers."""
+    try:
+        specs = program["graph_module"]["signature"]["input_specs"]
+        return [spec["buffer"]["buffer_name"] for spec in specs
+                if "buffer" in spec and not spec["buffer"]["persistent"]]
+    except (KeyError, TypeError) as exc:
+        raise refuse(f"program signature is malformed ({exc!r})") from None
+
+
 def _check_tensor_pickle(blob: bytes, refuse) -> None:
     """The sample inputs must be a torch.save archive whose pickle names only tensor globals."""
     try:
@@ -498,8 +527,9 @@ def _check_tensor_pickle(blob: bytes, refuse) -> None:
         pickled = inner.read(f"{root}/data.pkl")
     try:
         for name in _pickle_globals(pickled):
-            if name not in _TENSOR_GLOBALS:
-                raise refuse(f"sample inputs pickle names {name!r}, not a tensor: refused")
+            if name not in TENSOR_GLOBALS:
+                raise refuse(f"sample inputs pickle names {name!r}, not a global that torch's "
+                             "weights_only unpickler allows for tensors: refused")
     except ValueError as exc:
         raise refuse(f"sample inputs pickle cannot be checked: {exc}") from None
 
@@ -625,10 +655,12 @@ def snapshot_signature(program: torch.export.ExportedProgram, *,
 def state_dict_tensors(program: torch.export.ExportedProgram) -> Iterator[tuple[str, torch.Tensor]]:
     """Each parameter and buffer of a program by its state-dict name (views, not copies).
 
-    Non-persistent buffers live among the program's constants; they are
-    included, so snapshots of one model yield the same names.
+    The whole state dict, including what the graph does not use (a strict export
+    leaves ``BatchNorm``'s ``num_batches_tracked`` out of its signature), then the
+    non-persistent buffers, which live among the program's constants: snapshots
+    of one model yield the same names however they were exported.
     """
-    signature = program.graph_signature
-    for name in (*signature.parameters, *signature.buffers):
-        tensor = program.state_dict.get(name)
-        yield name, (tensor if tensor is not None else program.constants[name]).detach()
+    for name, tensor in program.state_dict.items():
+        yield name, tensor.detach()
+    for name in program.graph_signature.non_persistent_buffers:
+        yield name, program.constants[name].detach()

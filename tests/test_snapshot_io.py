@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import json
 import os
@@ -12,10 +13,13 @@ import zipfile
 
 import pytest
 import torch
+from torch._weights_only_unpickler import _get_allowed_globals
+from torch.serialization import StorageType
 
 from hawkeye_dagster.errors import BadSnapshotError
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.snapshot_io import (
+    TENSOR_GLOBALS,
     SnapshotSignature,
     SnapshotWeights,
     artifact_weights,
@@ -201,6 +205,58 @@ def test_sample_inputs_pickle_naming_other_globals_is_refused(tmp_path, good):
     with pytest.raises(BadSnapshotError, match="sample inputs pickle names"):
         load_snapshot(io.BytesIO(changed), name="inputs.pt2")
     assert not marker.exists()
+
+
+class Rebuilt:
+    """Pickles as ``_rebuild_from_type_v2(*args)``, the form of a tensor with attributes."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (torch._tensor._rebuild_from_type_v2, self.args)
+
+
+class Touching(torch.Tensor):
+    """A tensor type whose ``__setstate__`` creates the file its state names."""
+
+    def __setstate__(self, state):
+        open(state, "w").close()
+
+
+@pytest.mark.parametrize("other", ["function", "type"])
+def test_rebuild_from_type_with_other_globals_is_refused(tmp_path, good, other):
+    # _rebuild_from_type_v2 is allowed (Dim.DYNAMIC example inputs need it); what it calls and
+    # the type it makes are globals of the pickle too, checked like any other
+    marker = tmp_path / "pwned"
+    rebuild, args = torch.zeros(2, 3).__reduce_ex__(2)
+    payload = {"function": Rebuilt(open, torch.Tensor, (str(marker), "w"), {}),
+               "type": Rebuilt(rebuild, Touching, args, str(marker))}[other]
+    buffer = io.BytesIO()
+    torch.save(((payload,), {}), buffer)
+    changed = rewrite(good, replace={"data/sample_inputs/model.pt": buffer.getvalue()})
+    with pytest.raises(BadSnapshotError, match="sample inputs pickle names") as info:
+        load_snapshot(io.BytesIO(changed), name="rebuild.pt2")
+    assert {"function": "open'", "type": "Touching'"}[other] in str(info.value)
+    assert "rebuild.pt2" in str(info.value)
+    assert not marker.exists()
+
+
+def test_tensor_globals_are_torchs_weights_only_ones_for_tensors():
+    allowed = _get_allowed_globals()
+    assert TENSOR_GLOBALS <= set(allowed)
+    storages = {n for n in TENSOR_GLOBALS if isinstance(allowed[n], StorageType)}
+    assert "torch.FloatStorage" in storages
+    assert TENSOR_GLOBALS - storages == {
+        "torch._utils._rebuild_tensor_v2", "torch._tensor._rebuild_from_type_v2",
+        "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+        "torch.Tensor", "torch.nn.parameter.Parameter", "torch.Size", "collections.OrderedDict"}
+    # the name checked is the object imported: no unpickler renames it (protocol-2 mappings)
+    for name in TENSOR_GLOBALS:
+        module, attr = name.rsplit(".", 1)
+        for mappings in (_compat_pickle, torch._utils):
+            assert module not in mappings.IMPORT_MAPPING
+            assert (module, attr) not in mappings.NAME_MAPPING
 
 
 def test_graph_names_that_would_be_compiled_as_code_are_refused(tmp_path, good):
