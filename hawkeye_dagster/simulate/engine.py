@@ -10,6 +10,7 @@ log samples and the day's training partitions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -28,19 +29,24 @@ from hawkeye_dagster.simulate.rollout import (Release, TrafficPlan, number_relea
 from hawkeye_dagster.simulate.scenarios import SCENARIOS, Outcome, build_plan, iso
 from hawkeye_dagster.simulate.training import Exporter, log_node_name, predict, train
 from hawkeye_dagster.simulate.world import PRE_DAYS, SCALES, World, build_world
+from hawkeye_dagster.simulate.encoding import EncodingKind, LakeEncoding
 from hawkeye_dagster.simulate.write import write_table
 
 RETRAIN_EVERY_DAYS = 4
 
 
 def simulate(out_dir: str | Path, scenario: str = "demo", seed: int = 0, scale: str = "small",
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None,
+             encoding: EncodingKind | str = EncodingKind.VARIED) -> dict:
     """Write a simulated telemetry lake at ``out_dir`` and return its ground truth.
 
     The truth is also written to ``<out_dir>.truth.json`` beside the lake
     (never inside it). The lake is generated in a temporary folder next to
     ``out_dir`` and renamed into place, so a failure leaves nothing behind.
-    Deterministic for a given (scenario, seed, scale).
+    Deterministic for a given (scenario, seed, scale). ``encoding`` is how the
+    files store it (:mod:`hawkeye_dagster.simulate.encoding`): ``varied`` (the
+    default) draws one of the contract's encodings per file from the seed,
+    ``canonical`` writes them all alike; the lake's content is the same.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
@@ -54,7 +60,8 @@ def simulate(out_dir: str | Path, scenario: str = "demo", seed: int = 0, scale: 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with _single_threaded_torch():
-            truth = _Simulation(scenario, seed, scale, work, say).run()
+            truth = _Simulation(scenario, seed, scale, work, say,
+                                LakeEncoding(encoding, seed)).run()
         if out.exists():
             out.rmdir()
         work.rename(out)
@@ -80,8 +87,10 @@ def _single_threaded_torch():
 
 
 class _Simulation:
-    def __init__(self, scenario: str, seed: int, scale: str, root: Path, say):
+    def __init__(self, scenario: str, seed: int, scale: str, root: Path, say,
+                 encoding: LakeEncoding):
         self.scenario, self.seed, self.scale_name, self.root, self.say = scenario, seed, scale, root, say
+        self.write_table = functools.partial(write_table, encoding=encoding)
         self.rng = np.random.default_rng(seed)
         self.world: World = build_world(SCALES[scale], self.rng)
         calibrate(self.world, self.rng)
@@ -95,7 +104,7 @@ class _Simulation:
         self.columns = {m: np.array([names.index(f) for f in model.features])
                         for m, model in self.world.models.items()}
         self.partitions: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.exporter = Exporter()
+        self.exporter = Exporter(encoding.batch_dim)
         self.modules: dict[str, torch.nn.Module] = {}
         self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.log_node: dict[str, str] = {}
@@ -188,7 +197,7 @@ class _Simulation:
         if (model_id, day) in self.plan.flipped_labels:
             y = 1.0 - y
         self.partitions[(model_id, day)] = (x, y)
-        write_table(self.root, "training_data", {"label": y},
+        self.write_table(self.root, "training_data", {"label": y},
                     features=dict(zip(self.world.models[model_id].features, x.T)),
                     partition={"dataset_id": self.world.models[model_id].dataset_id,
                                "partition": iso(day * DAY)[:10]})
@@ -199,7 +208,7 @@ class _Simulation:
         ts = requests.ts[rows]
         arrived = ts + HOUR + self.rng.exponential(3 * HOUR, len(rows)) <= self.plan.end
         segment_names = np.array([s for _, s in self.world.segments])
-        write_table(
+        self.write_table(
             self.root, "serving_samples",
             {"ts": ts, "snapshot_id": snapshot_ids[logged],
              "request_id": np.char.add(f"r{day:03d}-", np.char.zfill(rows.astype(str), 6)),
@@ -214,37 +223,37 @@ class _Simulation:
     def _write_tables(self) -> dict:
         world, plan, root = self.world, self.plan, self.root
         segments = world.segments
-        write_table(root, "models", _columns(
+        self.write_table(root, "models", _columns(
             [(m.model_id, m.product, s, m.task) for m in world.models.values() for s in m.shares],
             "model_id product segment task"))
-        write_table(root, "model_features", _columns(
+        self.write_table(root, "model_features", _columns(
             [(m.model_id, i, f) for m in world.models.values() for i, f in enumerate(m.features)],
             "model_id position feature_name"))
-        write_table(root, "features", _columns(
+        self.write_table(root, "features", _columns(
             [(f.name, f.node_id) for f in world.features.values()], "feature_name lineage_node_id"))
-        write_table(root, "lineage_nodes", _columns(
+        self.write_table(root, "lineage_nodes", _columns(
             [(n, world.node_kind[n], world.node_pipeline[n]) for n in world.graph.nodes],
             "node_id kind pipeline_id"))
-        write_table(root, "lineage_edges", _columns(list(world.graph.edges),
+        self.write_table(root, "lineage_edges", _columns(list(world.graph.edges),
                                                     "upstream_id downstream_id"))
-        write_table(root, "pipelines", _columns(
+        self.write_table(root, "pipelines", _columns(
             [(p, o, t) for p, (o, t) in world.pipelines.items()], "pipeline_id orchestrator target"))
-        write_table(root, "lineage_changes", _columns(
+        self.write_table(root, "lineage_changes", _columns(
             [(c.ts, c.node_id, c.change_type, c.version, c.description) for c in plan.changes],
             "ts node_id change_type version description"))
 
         published = [r for r in self.releases if r.published < plan.end]
-        write_table(root, "snapshots", _columns(
+        self.write_table(root, "snapshots", _columns(
             [(r.model_id, r.snapshot_id, r.published, r.training_run_id,
               f"artifacts/{r.model_id}/{r.snapshot_id}.pt2") for r in published],
             "model_id snapshot_id published_at training_run_id artifact"))
-        write_table(root, "training_runs", _columns(
+        self.write_table(root, "training_runs", _columns(
             [(r.training_run_id, r.model_id, world.models[r.model_id].dataset_id,
               [iso(d * DAY)[:10] for d in r.partitions], r.published - 3 * HOUR,
               r.published - HOUR) for r in published],
             "training_run_id model_id dataset_id partitions started_at finished_at"))
         curves = [(r.training_run_id, *self.curves[r.snapshot_id]) for r in published]
-        write_table(root, "training_metrics", {
+        self.write_table(root, "training_metrics", {
             "training_run_id": np.concatenate([[run] * len(loss) for run, loss, _ in curves]),
             "step": np.concatenate([np.arange(len(loss)) for _, loss, _ in curves]),
             "loss": np.concatenate([loss for _, loss, _ in curves]),
@@ -253,13 +262,13 @@ class _Simulation:
         changes = [c for model_changes in self.traffic.changes.values() for c in model_changes
                    if c.ts < plan.end]
         model_of = {r.snapshot_id: r.model_id for r in self.releases}
-        write_table(root, "experiments", _columns(
+        self.write_table(root, "experiments", _columns(
             [(c.ts, c.experiment_id, model_of[c.snapshot_id], c.snapshot_id, s, c.fraction)
              for c in changes for s in world.models[model_of[c.snapshot_id]].shares],
             "ts experiment_id model_id snapshot_id segment traffic_fraction"))
 
         top = {k: np.concatenate([t[k] for t in self.topline]) for k in self.topline[0]}
-        write_table(root, "topline_metrics", {
+        self.write_table(root, "topline_metrics", {
             "ts": top["hour"] * HOUR, "product": np.array([p for p, _ in segments])[top["segment"]],
             "segment": np.array([s for _, s in segments])[top["segment"]],
             "metric": top["metric"], "value": top["value"]})
@@ -267,7 +276,7 @@ class _Simulation:
         stats = {k: np.concatenate([s[k] for s in self.stats]) for k in self.stats[0]}
         n_hours, n_nodes = stats["mean"].shape
         nodes = np.array(measure.stat_nodes(world))
-        write_table(root, "lineage_node_stats", {
+        self.write_table(root, "lineage_node_stats", {
             "ts": np.tile(np.repeat(np.arange(n_hours) * HOUR, n_nodes), len(stats)),
             "node_id": np.tile(nodes, n_hours * len(stats)),
             "stat": np.repeat(list(stats), n_hours * n_nodes),
@@ -277,7 +286,7 @@ class _Simulation:
         fired = {rule: alert for rule in plan.alert_rules
                  if (alert := measure.fire(rule, stats[rule.stat][:, column[rule.feature]]))}
         alerts = sorted(plan.alerts + list(fired.values()), key=lambda a: a.ts)
-        write_table(root, "feature_alerts", _columns(
+        self.write_table(root, "feature_alerts", _columns(
             [(a.ts, a.feature_name, a.alert_type, a.severity, a.detail) for a in alerts],
             "ts feature_name alert_type severity detail"))
         return fired

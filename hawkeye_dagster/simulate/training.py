@@ -9,6 +9,7 @@ turns into NaN for the rows below the shift.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,9 @@ class Exporter:
     tracing it afresh would give, at a fraction of the cost.
     """
 
-    def __init__(self):
+    def __init__(self, batch_dim: Callable[[], object] = lambda: torch.export.Dim("batch", min=1)):
+        #: the batch dimension's declaration for a newly traced model (``Dim``, ``Dim.AUTO``, ...)
+        self._batch_dim = batch_dim
         self._traced: dict[str, torch.export.ExportedProgram] = {}
 
     def export(self, model_id: str, net: ServingNet, path: Path) -> torch.export.ExportedProgram:
@@ -128,8 +131,8 @@ class Exporter:
         traced = self._traced.get(model_id)
         if traced is None:
             example = torch.zeros(4, net.center.shape[0])
-            batch = torch.export.Dim("batch", min=1)
-            program = traced = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+            program = traced = torch.export.export(net, (example,),
+                                                   dynamic_shapes=({0: self._batch_dim()},))
             self._traced[model_id] = traced
         else:
             weights = net.state_dict()

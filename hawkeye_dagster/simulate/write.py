@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hawkeye_dagster.contract import TABLES, Kind
 from hawkeye_dagster.lake.conform import ARROW_TYPES as CONTRACT_ARROW_TYPES
+from hawkeye_dagster.simulate.encoding import EncodingKind, LakeEncoding
 from hawkeye_dagster.simulate.requests import START
 
 #: the reader's types, with microsecond timestamps as a typical writer stores them
@@ -23,14 +23,17 @@ def timestamps(seconds) -> np.ndarray:
 
 
 def write_table(root: Path, table: str, columns: dict, features: dict | None = None,
-                partition: dict[str, str] | None = None) -> Path:
+                partition: dict[str, str] | None = None,
+                encoding: LakeEncoding | None = None) -> Path:
     """Write one Parquet file of a contract table under ``root``.
 
     ``columns`` holds the table's own columns (partition keys excluded when
     ``partition`` is given: they live only in the ``key=value/`` folders);
     ``features`` the float32 feature columns of ``serving_samples`` /
-    ``training_data``, in the order given.
+    ``training_data``, in the order given. ``encoding`` stores the file(s)
+    (default: canonically, one ``part-0.parquet``); returns the first file.
     """
+    encoding = encoding or LakeEncoding(EncodingKind.CANONICAL)
     spec = TABLES[table]
     partition = partition or {}
     if list(partition) != list(spec.partition_keys[:len(partition)]):
@@ -49,10 +52,5 @@ def write_table(root: Path, table: str, columns: dict, features: dict | None = N
     for name, values in (features or {}).items():
         fields.append(pa.field(name, pa.float32()))
         arrays.append(pa.array(np.asarray(values, dtype=np.float32), type=pa.float32()))
-    folder = root / table
-    for key, value in partition.items():
-        folder = folder / f"{key}={value}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "part-0.parquet"
-    pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), path)
-    return path
+    return encoding.write(pa.Table.from_arrays(arrays, schema=pa.schema(fields)),
+                          encoding.folder(root / table, partition), partition)
