@@ -19,6 +19,11 @@ named); seconds per triage. The baselines name one root cause each:
 in a fresh Python process (imports and Dagster start-up included) against
 the 60 s target (180 s on ``medium``).
 Lakes are cached under ``bench/.work/lakes`` (the simulator is deterministic).
+
+Every lake is written twice, with the simulator's ``varied`` encodings (the
+reported figures) and with the ``canonical`` one: ``triage_accuracy_encodings``
+counts the incidents whose reports (verdict, ranked root causes with their
+confidences, suspects, mitigations) differ between the two, which must be none.
 """
 
 from __future__ import annotations
@@ -48,13 +53,19 @@ BASELINE_HISTORY = pd.Timedelta("7D")
 TARGET_S = {"small": 60.0, "medium": 180.0}
 
 
-def lake_of(scenario: str, seed: int, scale: str = "small") -> tuple[Path, dict]:
+ENCODINGS = ("varied", "canonical")
+#: the parts of a report compared across encodings
+COMPARED = ("verdict", "root_causes", "suspects", "mitigations")
+
+
+def lake_of(scenario: str, seed: int, scale: str = "small",
+            encoding: str = "varied") -> tuple[Path, dict]:
     """A simulated lake and its ground truth, generated once and cached."""
-    lake = WORK / f"{scenario}-{seed}-{scale}"
+    lake = WORK / f"{scenario}-{seed}-{scale}-{encoding}"
     truth = Path(f"{lake}.truth.json")
     if not truth.exists():
         lake.parent.mkdir(parents=True, exist_ok=True)
-        simulate(lake, scenario=scenario, seed=seed, scale=scale)
+        simulate(lake, scenario=scenario, seed=seed, scale=scale, encoding=encoding)
     return lake, json.loads(truth.read_text())
 
 
@@ -67,9 +78,9 @@ def correct(cause: dict, truth: dict | None) -> bool:
         and cause.get("version") == truth.get("version")
 
 
-def triage_lake(scenario: str, seed: int) -> list[dict]:
+def triage_lake(scenario: str, seed: int, encoding: str = "varied") -> list[dict]:
     """Triage every incident of one lake with the project and both baselines."""
-    lake, truth = lake_of(scenario, seed)
+    lake, truth = lake_of(scenario, seed, encoding=encoding)
     reader = open_lake(lake=str(lake))
     records = []
     for incident in truth["incidents"]:
@@ -85,7 +96,8 @@ def triage_lake(scenario: str, seed: int) -> list[dict]:
         drift_seconds = time.perf_counter() - start
         expected = incident["root_cause"]
         records.append({
-            "scenario": scenario, "seed": seed, "incident": incident["name"],
+            "scenario": scenario, "seed": seed, "encoding": encoding,
+            "incident": incident["name"], "report": {k: report[k] for k in COMPARED},
             "truth_verdict": incident["verdict"], "truth": expected,
             "verdict": report["verdict"], "root_causes": report["root_causes"],
             "steps": [s["step"] for s in report["steps"]], "seconds": seconds,
@@ -205,14 +217,24 @@ def report_lakes(quick: bool) -> list[tuple[str, int]]:
             for seed in (DEMO_SEEDS if s == "demo" else REPORT_SEEDS)]
 
 
-def collect(quick: bool) -> list[dict]:
+def collect(quick: bool, encoding: str = "varied") -> list[dict]:
     """Triage records of every incident of the reported lakes."""
-    return [r for scenario, seed in report_lakes(quick) for r in triage_lake(scenario, seed)]
+    return [r for scenario, seed in report_lakes(quick)
+            for r in triage_lake(scenario, seed, encoding)]
+
+
+def encoding_differences(varied: list[dict], canonical: list[dict]) -> list[str]:
+    """The incidents whose reports differ between the two encodings of their lake."""
+    return [f"{a['scenario']}-{a['seed']}:{a['incident']}" for a, b in zip(varied, canonical)
+            if (a["scenario"], a["seed"], a["incident"]) != (b["scenario"], b["seed"], b["incident"])
+            or json.dumps(a["report"], sort_keys=True) != json.dumps(b["report"], sort_keys=True)]
 
 
 def run(quick: bool) -> list[dict]:
     records = collect(quick)
+    canonical = collect(quick, "canonical")
     params = summarize(records)
+    differ = encoding_differences(records, canonical)
     frame = pd.DataFrame(records)
     mean = frame["seconds"].mean()
     results = [
@@ -223,6 +245,12 @@ def run(quick: bool) -> list[dict]:
          "reference": "largest feature drift (KS)", "reference_s": frame["drift_seconds"].mean(),
          "ratio": frame["drift_seconds"].mean() / mean,
          "params": {k: params[k] for k in ("incidents", "top1", "drift_baseline_top1")}},
+        {"name": "triage_accuracy_encodings", "project_s": mean,
+         "reference": "the same lakes, canonical encoding",
+         "reference_s": pd.DataFrame(canonical)["seconds"].mean(), "ratio": None,
+         "params": {"incidents": len(records), "reports_differing": len(differ),
+                    "differing": ", ".join(differ[:5]), "top1_varied": params["top1"],
+                    "top1_canonical": summarize(canonical)["top1"]}},
     ]
     for scale in ("small",) if quick else ("small", "medium"):
         seconds = end_to_end("upstream_corruption", 0, scale)
@@ -238,9 +266,10 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Triage accuracy records and their summary.")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--encoding", choices=ENCODINGS, default="varied")
     parser.add_argument("--records", help="write every triage's record to this JSON file")
     args = parser.parse_args()
-    found = collect(args.quick)
+    found = collect(args.quick, args.encoding)
     if args.records:
         Path(args.records).write_text(json.dumps(found, indent=1, default=str))
     print(json.dumps(summarize(found), indent=1))

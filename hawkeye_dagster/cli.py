@@ -7,14 +7,68 @@ one-line reason on stderr naming the table, file or column), 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from hawkeye_dagster.errors import ContractError, HawkeyeError, UnknownIdError
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+TRIAGE_EPILOG = """\
+entry:
+  --product [--segment], --snapshot or --feature start the triage there. With none
+  of them it detects the incidents of the window by itself (top-line anomalies,
+  warning and critical feature alerts, new snapshots), triages the most severe
+  and lists the others with the command that triages each.
+
+window:
+  --start/--end default to the 7 days up to the latest ts of topline_metrics and
+  serving_samples; the window must hold rows of one of them.
+
+exit status:
+  0  a report was printed, whatever its verdict (root cause found, no issue,
+     inconclusive)
+  2  bad input (a bad option, a missing or broken lake, an unknown id, a window
+     without rows), with one line on stderr naming the option, table, file or column
+  1  anything else
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as the contract's bad input: exit 2 with one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _timestamp(value: str):
+    """An ISO-8601 option value as a UTC timestamp; argparse names the option when refused."""
+    import pandas as pd
+
+    from hawkeye_dagster.lake.reader import as_utc
+
+    try:
+        ts = as_utc(value)
+    except ValueError:
+        ts = pd.NaT
+    if pd.isna(ts):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a timestamp; use ISO 8601 such as 2026-10-14, 2026-10-14T06:00 "
+            "or 2026-10-14T06:00+02:00 (UTC if naive)")
+    return ts
+
+
+def _lake_folder(value: str) -> str:
+    """A local file is refused here: the lake reader could only say no lake folder is there."""
+    if os.path.isfile(value):
+        raise argparse.ArgumentTypeError(
+            f"{value} is a file, not a lake folder (a lake is a folder holding one folder of "
+            "Parquet files per table)")
+    return value
 
 
 def _progress(message: str) -> None:
@@ -23,7 +77,8 @@ def _progress(message: str) -> None:
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--lake", help="telemetry lake: a folder or fsspec URL of Parquet tables")
+    group.add_argument("--lake", type=_lake_folder,
+                       help="telemetry lake: a folder or fsspec URL of Parquet tables")
     group.add_argument("--sql", metavar="URL", help="telemetry in a SQL database (SQLAlchemy URL)")
 
 
@@ -31,6 +86,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from hawkeye_dagster.simulate import simulate
 
     truth = simulate(args.out, scenario=args.scenario, seed=args.seed, scale=args.scale,
+                     encoding=args.encoding,
                      progress=_progress)
     names = ", ".join(i["name"] for i in truth["incidents"])
     out = args.out.rstrip("/")
@@ -65,7 +121,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hawkeye-dagster",
         description="Root-cause analysis of production ML incidents, on Dagster.",
     )
@@ -78,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", default="demo", choices=SCENARIOS)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--scale", default="small", choices=SCALES)
+    sim.add_argument("--encoding", default="varied", choices=("canonical", "varied"),
+                     help="how the files encode the data: varied (default) draws one of the "
+                          "contract's encodings per file from the seed (timestamp units and "
+                          "zones, string types, file splits, batch declarations); canonical "
+                          "writes them all alike. The lake's content is the same either way")
     sim.set_defaults(run=_cmd_simulate)
 
     val = sub.add_parser("validate", help="check a lake against the telemetry contract")
@@ -86,10 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not open snapshot artifacts (faster)")
     val.set_defaults(run=_cmd_validate)
 
-    tri = sub.add_parser("triage", help="run the triage decision tree and print the report")
+    tri = sub.add_parser("triage", help="run the triage decision tree and print the report",
+                         description="Run HawkEye's triage decision tree through Dagster "
+                                     "(in-process)\nover a lake and print the root-cause report.",
+                         epilog=TRIAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source(tri)
-    tri.add_argument("--start", help="window start (ISO timestamp, UTC if naive)")
-    tri.add_argument("--end", help="window end (ISO timestamp, UTC if naive)")
+    tri.add_argument("--start", type=_timestamp, metavar="TS",
+                     help="window start (ISO 8601 timestamp, UTC if naive)")
+    tri.add_argument("--end", type=_timestamp, metavar="TS",
+                     help="window end (ISO 8601 timestamp, UTC if naive)")
     tri.add_argument("--product", help="entry: a top-line anomaly in this product")
     tri.add_argument("--segment", help="with --product: the segment")
     tri.add_argument("--snapshot", help="entry: diagnose this newly published snapshot")

@@ -88,3 +88,13 @@ def test_unknown_ids_are_refused_naming_table_and_column(simulated, entry, where
     lake, _ = simulated("clean")
     with pytest.raises(UnknownIdError, match=where):
         run_triage(open_lake(lake=str(lake)), entry)
+
+
+def test_traffic_step_words_follow_the_metric_direction(simulated):
+    """A ``_lower_is_better`` metric that degraded rose; the traffic step says so."""
+    [(incident, report)] = triage_truth(simulated, "traffic_ramp")
+    [topline] = [s for s in report["steps"] if s["step"] == "topline"]
+    [traffic] = [s for s in report["steps"] if s["step"] == "traffic"]
+    metric = topline["evidence"]["metric"]
+    word = "rose" if metric.endswith("_lower_is_better") else "fell"
+    assert f"the top line {word} as experiment" in traffic["finding"]

@@ -14,12 +14,17 @@ from typing import Any
 import pandas as pd
 import pyarrow.compute as pc
 
-from hawkeye_dagster.errors import UnknownIdError
+from hawkeye_dagster.contract import TABLES
+from hawkeye_dagster.errors import ContractError, UnknownIdError
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.triage.report import iso
 
 ENTRY_KINDS = ("topline", "feature_alert", "snapshot", "auto")
 #: the default window: this long up to the latest telemetry
 DEFAULT_SPAN = pd.Timedelta("7D")
+#: the tables a window is taken from, and of which it must hold rows
+WINDOW_TABLES = ("topline_metrics", "serving_samples")
+_WINDOW_WHERE = "tables 'topline_metrics' and 'serving_samples', column 'ts'"
 
 
 def entry_features(entry: dict[str, Any]) -> list[str]:
@@ -37,31 +42,55 @@ def entry_onsets(entry: dict[str, Any]) -> dict[str, pd.Timestamp]:
     return {}
 
 
+def check_tables(reader: TelemetryReader) -> None:
+    """Refuse a folder without the contract's required tables, naming every one missing (a
+    triage would otherwise stop at the first it reads, or find "no rows")."""
+    present = reader.tables()
+    missing = [spec.name for spec in TABLES.values()
+               if not spec.optional and spec.name not in present]
+    if missing:
+        raise ContractError("not a telemetry lake: required tables missing: "
+                            + ", ".join(map(repr, missing)),
+                            file=reader.location)
+
+
 def resolve_window(reader: TelemetryReader, start=None, end=None) -> TimeRange:
     """The examined window: ``end`` defaults to just after the latest ``ts`` of
-    ``topline_metrics`` and ``serving_samples``, ``start`` to :data:`DEFAULT_SPAN`
-    before ``end``."""
+    :data:`WINDOW_TABLES`, ``start`` to :data:`DEFAULT_SPAN` before ``end``."""
     window = TimeRange.of(start, end)
     end = window.end
     if end is None:
-        latest = [t for t in (_latest_ts(reader, name) for name in ("topline_metrics",
-                                                                   "serving_samples"))
-                  if t is not None]
-        if not latest:
-            raise UnknownIdError("tables 'topline_metrics' and 'serving_samples', column 'ts': "
-                                 "no rows to take a default window from")
-        end = max(latest) + pd.Timedelta("1us")
+        span = _data_span(reader)
+        if span is None:
+            raise UnknownIdError(f"{_WINDOW_WHERE}: no rows to take a default window from")
+        end = span[1] + pd.Timedelta("1us")
     start = window.start if window.start is not None else end - DEFAULT_SPAN
     if start >= end:
         raise ValueError(f"empty window: start {start} is not before end {end}")
     return TimeRange(start, end)
 
 
-def _latest_ts(reader: TelemetryReader, table: str) -> pd.Timestamp | None:
-    if not reader.has_table(table):
-        return None
-    latest = pc.max(reader.read_arrow(table, columns=["ts"]).column("ts")).as_py()
-    return None if latest is None else pd.Timestamp(latest).tz_convert("UTC")
+def check_window(reader: TelemetryReader, window: TimeRange) -> None:
+    """Refuse a window in which no table of :data:`WINDOW_TABLES` has rows: a report over it
+    would say ``no_issue`` about telemetry it never saw. The message gives the lake's span."""
+    if any(reader.has_table(t) and reader.read_arrow(t, columns=["ts"], time_range=window).num_rows
+           for t in WINDOW_TABLES):
+        return
+    span = _data_span(reader)
+    held = f"; the lake's rows span {iso(span[0])} .. {iso(span[1])}" if span else ""
+    raise UnknownIdError(f"{_WINDOW_WHERE}: no rows in the window {iso(window.start)} .. "
+                         f"{iso(window.end)} (--start/--end){held}")
+
+
+def _data_span(reader: TelemetryReader) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The earliest and latest ``ts`` over :data:`WINDOW_TABLES` (``None`` without rows)."""
+    spans = []
+    for table in WINDOW_TABLES:
+        if reader.has_table(table):
+            bounds = pc.min_max(reader.read_arrow(table, columns=["ts"]).column("ts")).as_py()
+            if bounds["min"] is not None:
+                spans.append([pd.Timestamp(bounds[k]).tz_convert("UTC") for k in ("min", "max")])
+    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
 
 
 def check_entry(reader: TelemetryReader, entry: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.rollout import RolloutFinding
 from hawkeye_dagster.analysis.snapshot_report import RECENT_INPUTS
+from hawkeye_dagster.contract import higher_is_better
 from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.triage import calibration
 
@@ -248,7 +249,9 @@ def _blame_traffic(run: TriageRun, model_id: str, rollout: RolloutFinding,
         f"experiment {experiment} (snapshot {lead.name}) grew from {lead['share_before']:.0%} "
         f"to {lead['share_during']:.0%} of {model_id}'s traffic while its loss was worse than "
         f"its peers' (peer z {worse:.1f}); the snapshot shows no severe defect")
-    run.report.step("traffic", f"the top line fell as experiment {experiment} ramped up",
+    series = run.evidence.series
+    moved = "degraded" if series is None else "fell" if higher_is_better(series[2]) else "rose"
+    run.report.step("traffic", f"the top line {moved} as experiment {experiment} ramped up",
                     traffic_changes=rollout.traffic_changes.to_dict("records"))
 
 

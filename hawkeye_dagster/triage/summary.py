@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hawkeye_dagster.triage.report import SUSPECT_KINDS
 
 _VERDICTS = {"root_cause_found": "root cause found", "no_issue": "no issue",
              "inconclusive": "inconclusive"}
 
 
-def describe_entry(entry: dict) -> str:
-    """One line: what the triage started from, and over which window."""
+def describe_entry(entry: dict, with_window: bool = True) -> str:
+    """One line: what the triage started from, and over which window (unless not wanted)."""
     kind = entry["kind"]
     if kind == "topline":
         what = "top-line anomaly in " + "/".join(
@@ -23,9 +25,9 @@ def describe_entry(entry: dict) -> str:
         what = "automatic incident detection"
         selected = entry.get("selected")
         if selected:
-            what += " -> " + describe_entry({**selected, "window": {}})
+            what += " -> " + describe_entry(selected, with_window=False)
     window = entry.get("window") or {}
-    if window.get("start") and window.get("end"):
+    if with_window and window.get("start") and window.get("end"):
         what += f" (window {window['start']} .. {window['end']})"
     return what
 
@@ -39,17 +41,25 @@ def describe_mitigation(action: dict) -> str:
     return f"add a {action['guard']} guard at {where} {action['node']!r} of {action['model_id']}"
 
 
-def format_report(report: dict) -> str:
-    """A readable summary of a report: verdict, ranked root causes, mitigations, suspects, steps."""
+def format_report(report: dict, printed: dict[tuple, str] | None = None) -> str:
+    """A readable summary of a report: verdict, ranked root causes, mitigations, suspects, steps.
+
+    Long root-cause summaries are printed once: a step whose finding a cause's summary holds
+    refers to that cause, and ``printed`` (root cause -> the entry whose summary described it,
+    filled in by each call) lets a run over many reports refer back to an earlier report.
+    """
     lines = [f"Verdict: {_VERDICTS[report['verdict']]}",
              f"Entry:   {describe_entry(report['entry'])}", ""]
+    summaries = [cause["summary"] for cause in report["root_causes"]]
     if report["root_causes"]:
         lines.append("Root causes (most likely first):")
         for i, cause in enumerate(report["root_causes"], 1):
             version = f" version {cause['version']}" if cause.get("version") else ""
             lines.append(f"  {i}. {cause['kind']} {cause['id']}{version} "
                          f"(confidence {cause['confidence']:.2f})")
-            lines.append(f"     {cause['summary']}")
+            where = (printed or {}).get(_cause_key(cause))
+            lines.append("     " + (cause["summary"] if where is None
+                                    else f"as for the {where} above"))
         lines.append("")
     if report["mitigations"]:
         lines.append("Recommended mitigations:")
@@ -64,7 +74,38 @@ def format_report(report: dict) -> str:
     for i, step in enumerate(report["steps"], 1):
         confidence = (f" (confidence {step['confidence']:.2f})"
                       if step.get("confidence") is not None else "")
-        lines.append(f"  {i}. {step['step']}: {step['finding']}{confidence}")
+        cause = next((n for n, summary in enumerate(summaries, 1)
+                      if step["finding"] and step["finding"] in summary), None)
+        finding = step["finding"] if cause is None else f"see root cause {cause}"
+        lines.append(f"  {i}. {step['step']}: {finding}{confidence}")
+    if printed is not None:
+        entry = describe_entry(report["entry"], with_window=False)
+        for cause in report["root_causes"]:
+            printed.setdefault(_cause_key(cause), entry)
+    return "\n".join(lines)
+
+
+def _cause_key(cause: dict) -> tuple:
+    """A root cause's identity across reports (its summary's figures vary with the window)."""
+    return cause["kind"], cause["id"], cause.get("version")
+
+
+def format_incidents(triaged: list[tuple[dict, Path]]) -> str:
+    """The closing table of a run over many incidents: per report its entry, verdict, top root
+    cause and confidence, then where each report was written."""
+    rows = [("#", "entry", "verdict", "top cause", "confidence")]
+    for n, (report, _) in enumerate(triaged, 1):
+        top = report["root_causes"][0] if report["root_causes"] else None
+        rows.append((str(n), describe_entry(report["entry"], with_window=False),
+                     _VERDICTS[report["verdict"]],
+                     f"{top['kind']} {top['id']}" if top else "-",
+                     f"{top['confidence']:.2f}" if top else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"Incidents triaged: {len(triaged)}"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+              for row in rows]
+    lines += ["", "Reports (JSON; plots in the folder of the same name):"]
+    lines += [f"  {n}. {path}" for n, (_, path) in enumerate(triaged, 1)]
     return "\n".join(lines)
 
 
