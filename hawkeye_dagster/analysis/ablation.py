@@ -27,6 +27,8 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
+from hawkeye_dagster.analysis.program_batches import batch_range, run_in_batches, run_program
+
 #: default bound on the elements of one pass; about 4 MB of float32 stays in cache
 MAX_BATCH_ELEMENTS = 1 << 20
 
@@ -149,11 +151,14 @@ class _InputLinear:
     bias: torch.Tensor | None
 
     def tail(self, layer_output: torch.Tensor, inputs_like: torch.Tensor) -> Callable:
-        """The graph as a function of its input whose linear layer returns ``layer_output``."""
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            out = _Substitute(self.graph_module, self.node, layer_output).run(batch)
+        """The graph as a function of its input whose linear layer returns ``layer_output``,
+        run in the batches the program accepts (the layer output cut along with the input)."""
+        def once(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+            out = _Substitute(self.graph_module, self.node, output).run(batch)
             return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-        return run
+
+        bounds = batch_range(self.graph_module)
+        return lambda batch: run_in_batches(once, (layer_output, batch), bounds)
 
 
 class _Substitute(torch.fx.Interpreter):
@@ -337,7 +342,7 @@ def contribution_shift(window: torch.Tensor | np.ndarray, baseline: torch.Tensor
 
 
 def _forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-    out = model(batch)
+    out = run_program(model, batch)  # in the batches a bounded program accepts
     if out.numel() != batch.shape[0]:
         raise ValueError(f"model output {tuple(out.shape)} is not one value per row of "
                          f"{tuple(batch.shape)}")

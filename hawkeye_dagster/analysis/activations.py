@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 import torch.fx
 
+from hawkeye_dagster.analysis.program_batches import RowChunk, batch_range, row_chunks
+
 #: an activation whose magnitude exceeds this is extreme (float16 overflows at 65504)
 EXTREME_ABS = 1e6
 #: inputs are clipped to these baseline quantiles when testing a feature
@@ -53,15 +55,20 @@ def _is_batched(node: torch.fx.Node) -> bool:
 
 
 class _Capture(torch.fx.Interpreter):
-    """Runs the graph once, summarising each node's output and marking rows with bad values."""
+    """Runs the graph on each chunk of rows, summarising each node's output over all of them
+    (one record per node, merged across chunks) and marking rows with bad values."""
 
-    def __init__(self, module: torch.fx.GraphModule, rows: int, extreme_abs: float,
-                 summarize: bool):
+    def __init__(self, module: torch.fx.GraphModule, rows: int, extreme_abs: float):
         super().__init__(module)
         self.extreme_abs = extreme_abs
-        self.summarize = summarize
         self.row_bad = torch.zeros(rows, dtype=torch.bool)
-        self.records: list[dict] = []
+        self.records: dict[str, dict] = {}
+        self.chunk = RowChunk(0, rows, rows)
+
+    def run_chunk(self, inputs: torch.Tensor, chunk: RowChunk) -> None:
+        """Run the graph on ``chunk``'s rows of ``inputs`` (padded rows are not recorded)."""
+        self.chunk = chunk
+        self.run(chunk.take(inputs))
 
     def run_node(self, node: torch.fx.Node):
         out = super().run_node(node)
@@ -71,6 +78,9 @@ class _Capture(torch.fx.Interpreter):
 
     def _record(self, node: torch.fx.Node, out: torch.Tensor) -> None:
         batched = _is_batched(node)
+        chunk = self.chunk
+        if batched and chunk.size != chunk.rows and out.shape[0] == chunk.size:
+            out = out[:chunk.rows]  # drop the rows that pad the chunk
         flat = out.reshape(out.shape[0], -1) if batched else out.reshape(1, -1)
         if flat.numel() == 0:
             return
@@ -96,10 +106,25 @@ class _Capture(torch.fx.Interpreter):
                 record.update(nan_rows=int(nan_rows.sum()), inf_rows=int(inf_rows.sum()),
                               extreme_rows=int((extreme_rows & ~inf_rows).sum()))
                 if node.op != "placeholder":
-                    self.row_bad |= nan_rows | inf_rows | extreme_rows
+                    self.row_bad[chunk.start:chunk.stop] |= nan_rows | inf_rows | extreme_rows
         record["bad"] = not clean
-        if self.summarize or not clean:
-            self.records.append(record)
+        previous = self.records.setdefault(node.name, record)
+        if previous is not record:
+            _merge(previous, record, batched)
+
+
+def _merge(total: dict, part: dict, batched: bool) -> None:
+    """Fold a node's record on one more chunk into its record so far: ranges over finite
+    values join, batch rows add up; a batch-free node's values count once."""
+    total["min"] = float(np.fmin(total["min"], part["min"]))
+    total["max"] = float(np.fmax(total["max"], part["max"]))
+    total["bad"] = total["bad"] or part["bad"]
+    if batched:
+        total["shape"][0] += part["shape"][0]
+        for key in ("nan_rows", "inf_rows", "extreme_rows", "nonfinite_values"):
+            total[key] += part[key]
+    else:
+        total["nonfinite_values"] = max(total["nonfinite_values"], part["nonfinite_values"])
 
 
 def capture_activations(module: torch.fx.GraphModule, inputs: torch.Tensor, *,
@@ -122,10 +147,13 @@ def capture_activations(module: torch.fx.GraphModule, inputs: torch.Tensor, *,
     row_bad : bool tensor ``[n]``, rows where any computed node (inputs aside)
         is NaN, inf or extreme.
     """
-    capture = _Capture(module, inputs.shape[0], extreme_abs, summarize)
+    capture = _Capture(module, inputs.shape[0], extreme_abs)
     with torch.inference_mode():
-        capture.run(inputs)
-    nodes = pd.DataFrame(capture.records, columns=list(NODE_COLUMNS))
+        # a bounded batch runs in chunks the program accepts; one chunk, the input itself, if not
+        for chunk in row_chunks(inputs.shape[0], batch_range(module)):
+            capture.run_chunk(inputs, chunk)
+    records = [r for r in capture.records.values() if summarize or r["bad"]]
+    nodes = pd.DataFrame(records, columns=list(NODE_COLUMNS))
     return nodes, capture.row_bad
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hawkeye_dagster.analysis.program_batches import run_program
+
 #: training defects the simulator can inject
 EXPLODING_LR = "exploding_lr"
 NAN_LOG_SHIFT = "nan_log_shift"
@@ -154,8 +156,8 @@ def predict(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """Run an exported snapshot's module on ``x`` ``[n, F]`` float32; returns ``[n]`` float64 (NaN kept)."""
     if len(x) == 0:
         return np.zeros(0)
-    with torch.no_grad():
-        out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    with torch.no_grad():  # in the batches a bounded program accepts
+        out = run_program(module, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     return out.reshape(-1).double().numpy()
 
 
