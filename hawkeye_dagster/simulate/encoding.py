@@ -59,7 +59,7 @@ class LakeEncoding:
         if not self.varied:
             return dim("batch", min=1)
         choices = (lambda: dim("batch", min=1), lambda: dim("batch"),
-                   lambda: dim("batch", min=1, max=1 << 30), lambda: dim.AUTO,
+                   lambda: dim("batch", min=1, max=512), lambda: dim.AUTO,
                    lambda: dim.DYNAMIC)
         return choices[self._rng.integers(len(choices))]()
 
