@@ -13,12 +13,16 @@ bins of ``hourly_stats``; :mod:`hawkeye_dagster.lake.pushdown_stats` joins both 
 ``FeatureStats``.
 
 Queries are SQLAlchemy Core with bound parameters and quoted identifiers, so feature names
-with quotes, dots or non-ASCII letters need no care.
+with quotes, dots or non-ASCII letters need no care. Hours and time ranges come from
+:class:`~hawkeye_dagster.lake.sql.SqlLake`, which decodes every timestamp encoding the
+contract allows (native with or without time zone, SQLite ISO-8601 text or Unix epochs) into
+UTC, whatever the session time zone; a timestamp it cannot decode is refused, not dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -71,14 +75,13 @@ def hourly_aggregates(lake: SqlLake, table: str, columns: Sequence[str], *,
     scope = _scope(lake, table, columns, time_range, equals)
     if scope is None:
         return _empty(quantiles)
-    t, hour, where = scope
     in_sql = quantiles and lake.engine.dialect.name == "postgresql"
-    frames = [_query(lake, t, hour, where, columns[i:i + COLUMNS_PER_QUERY], in_sql)
+    frames = [_query(scope, columns[i:i + COLUMNS_PER_QUERY], in_sql)
               for i in range(0, len(columns), COLUMNS_PER_QUERY)]
     result = pd.concat(frames, ignore_index=True) if frames else _empty(quantiles)
     if quantiles and not in_sql and len(result):
-        result = result.merge(_pulled_quantiles(lake, t, hour, where, columns),
-                              on=[HOUR, "column"], how="left")
+        result = result.merge(_pulled_quantiles(scope, columns), on=[HOUR, "column"],
+                              how="left")
     return _derived(result)
 
 
@@ -117,20 +120,25 @@ def hourly_histograms(lake: SqlLake, table: str, columns: Sequence[str], edges: 
     scope = _scope(lake, table, columns, time_range, equals)
     if scope is None:
         return _empty_histograms()
-    t, hour, where = scope
     width = max(1, min(HISTOGRAM_COLUMNS_PER_QUERY, BINS_PER_QUERY // (thresholds.shape[1] + 1)))
     rows = []
     for start in range(0, len(columns), width):
         block = range(start, min(start + width, len(columns)))
-        query = sa.union_all(*(_histogram(lake, t.c[columns[k]], k, thresholds[k], hour, where)
-                               for k in block))
+        if lake.is_sqlite:  # its timestamps decode slowly: once per row, into one CTE that
+            # SQLite materializes for all the branches
+            shared = _finite_rows(scope, [columns[k] for k in block]).cte("scoped")
+            sources = [(shared, f"v{i}") for i in range(len(block))]
+        else:  # each branch its own scan, as the planner likes best
+            sources = [(_finite_rows(scope, [columns[k]]).subquery(), "v0") for k in block]
+        query = sa.union_all(*(_histogram(scope, source, value, k, thresholds[k])
+                               for (source, value), k in zip(sources, block)))
         with lake.engine.connect() as conn:
             rows += conn.execute(query).all()
     if not rows:
         return _empty_histograms()
     frame = pd.DataFrame(rows, columns=["column", HOUR, "bin", "count", "sum"])
     frame["column"] = np.asarray(columns, dtype=object)[frame["column"].to_numpy(np.int64)]
-    frame[HOUR] = pd.to_datetime(frame[HOUR], utc=True)
+    frame[HOUR] = scope.hours(frame[HOUR])
     return frame.astype({"bin": np.int64, "count": np.int64, "sum": np.float64})[
         [HOUR, "column", "bin", "count", "sum"]]
 
@@ -161,10 +169,30 @@ def bin_thresholds(edges: np.ndarray) -> np.ndarray:
     return np.where(ties_to_edge, midpoint, np.nextafter(midpoint, np.inf))
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """The rows of a request, shared by every push-down query so that they see the same rows:
+    the table, its time column, the hour expression and the WHERE conditions."""
+
+    lake: SqlLake
+    table: sa.Table
+    ts: sa.Column
+    hour: sa.ColumnElement
+    where: list
+
+    def hours(self, values) -> pd.DatetimeIndex:
+        """Values of :attr:`hour` as tz-aware UTC; a NULL hour is a timestamp that does not
+        decode (rows without a timestamp are out of scope), refused with what it holds."""
+        hours = self.lake.instants(values)
+        if hours.null_count:
+            self.lake.refuse_undecodable(self.ts, self.where)
+        return pd.DatetimeIndex(hours.to_pandas())
+
+
 def _scope(lake: SqlLake, table: str, columns: Sequence[str], time_range: TimeRange | None,
-           equals: dict[str, object] | None) -> tuple[sa.Table, sa.ColumnElement, list] | None:
-    """The table, its hour expression and the WHERE conditions of a request (``None`` for an
-    absent optional table), shared by every push-down query so that they see the same rows."""
+           equals: dict[str, object] | None) -> _Scope | None:
+    """The scope of a request (``None`` for an absent optional table). Rows without a
+    timestamp are left out, as grouping by hour in pandas leaves them out."""
     spec = table_spec(table)
     if spec.time_column is None:
         raise ContractError("table has no time column to group by hour", table=table)
@@ -174,17 +202,11 @@ def _scope(lake: SqlLake, table: str, columns: Sequence[str], time_range: TimeRa
     missing = [c for c in [*columns, *(equals or {})] if c not in t.c]
     if missing:
         raise ContractError("no such column in the table", table=table, column=missing[0])
-    where = [t.c[k] == v for k, v in (equals or {}).items()]
+    ts = t.c[spec.time_column]
+    where = [t.c[k] == v for k, v in (equals or {}).items()] + [ts.is_not(None)]
     if time_range is not None:
-        where += lake.time_bounds(t.c[spec.time_column], time_range, exact=True)
-    return t, _hour(lake, t.c[spec.time_column]), where
-
-
-def _hour(lake: SqlLake, ts: sa.Column):
-    """The UTC hour of a timestamp, as the database computes it."""
-    if lake.is_sqlite:  # ISO-8601 text with any offset; strftime converts to UTC
-        return sa.func.strftime("%Y-%m-%dT%H:00:00Z", ts)
-    return sa.func.date_trunc("hour", sa.func.timezone("UTC", ts))
+        where += lake.time_bounds(ts, time_range)
+    return _Scope(lake, t, ts, lake.utc_hour(ts), where)
 
 
 def _finite(column: sa.Column):
@@ -210,21 +232,21 @@ def _aggregates(column: sa.Column, in_sql: bool) -> list:
     return parts
 
 
-def _query(lake: SqlLake, t: sa.Table, hour, where: list, columns: Sequence[str],
-           in_sql: bool) -> pd.DataFrame:
+def _query(scope: _Scope, columns: Sequence[str], in_sql: bool) -> pd.DataFrame:
     """One GROUP BY hour query for a block of columns, reshaped to (hour, column) rows."""
-    select = [hour.label(HOUR)]
+    select = [scope.hour.label(HOUR)]
     for i, name in enumerate(columns):
-        select += [part.label(f"c{i}_{k}") for k, part in enumerate(_aggregates(t.c[name], in_sql))]
-    query = sa.select(*select).where(*where).group_by(hour)
-    with lake.engine.connect() as conn:
+        select += [part.label(f"c{i}_{k}")
+                   for k, part in enumerate(_aggregates(scope.table.c[name], in_sql))]
+    query = sa.select(*select).where(*scope.where).group_by(scope.hour)
+    with scope.lake.engine.connect() as conn:
         rows = conn.execute(query).all()
     width = len(SUMS) + in_sql
     values = np.array([r[1:] for r in rows], dtype=object).reshape(len(rows), len(columns), width)
     frame = pd.DataFrame(values.reshape(-1, width),
                          columns=[*SUMS, *(["quantiles"] if in_sql else [])])
     frame.insert(0, "column", np.tile(np.asarray(columns, dtype=object), len(rows)))
-    frame.insert(0, HOUR, np.repeat(pd.to_datetime([r[0] for r in rows], utc=True), len(columns)))
+    frame.insert(0, HOUR, scope.hours([r[0] for r in rows]).repeat(len(columns)))
     if in_sql:
         q = np.array([v if v is not None else [np.nan] * len(QUANTILES)
                       for v in frame.pop("quantiles")], dtype=np.float64).reshape(-1, len(QUANTILES))
@@ -232,16 +254,24 @@ def _query(lake: SqlLake, t: sa.Table, hour, where: list, columns: Sequence[str]
     return frame
 
 
-def _histogram(lake: SqlLake, column: sa.Column, index: int, thresholds: np.ndarray, hour,
-               where: list) -> sa.Select:
-    """One column's ``GROUP BY hour, bin`` branch over its finite values, named by ``index``.
+def _finite_rows(scope: _Scope, columns: Sequence[str]) -> sa.Select:
+    """The hour and the finite values (``v0``, ``v1``, ...) of ``columns`` in the rows in
+    scope."""
+    return sa.select(scope.hour.label(HOUR), *(_finite(scope.table.c[c])[0].label(f"v{i}")
+                                               for i, c in enumerate(columns))
+                     ).where(*scope.where)
+
+
+def _histogram(scope: _Scope, rows: sa.FromClause, name: str, index: int,
+               thresholds: np.ndarray) -> sa.Select:
+    """One column's ``GROUP BY hour, bin`` branch over its finite values (column ``name`` of
+    :func:`_finite_rows` ``rows``), named by ``index``.
 
     The bin is a column of a subquery, grouped by, so its expression (with its bound
     thresholds) appears once in the statement.
     """
-    rows = sa.select(hour.label(HOUR), _finite(column)[0].label("value")).where(*where).subquery()
-    value = rows.c.value
-    if lake.engine.dialect.name == "postgresql":
+    value = rows.c[name]
+    if scope.lake.engine.dialect.name == "postgresql":
         bin_ = sa.func.width_bucket(value, sa.literal(thresholds.tolist(),
                                                       postgresql.ARRAY(sa.Double())))
     elif len(thresholds):
@@ -249,7 +279,7 @@ def _histogram(lake: SqlLake, column: sa.Column, index: int, thresholds: np.ndar
                        else_=len(thresholds))
     else:
         bin_ = sa.literal(0)
-    binned = sa.select(rows.c[HOUR], bin_.label("bin"), value).where(
+    binned = sa.select(rows.c[HOUR], bin_.label("bin"), value.label("value")).where(
         value.is_not(None)).subquery()
     return (sa.select(sa.literal(index, sa.Integer()).label("column"), binned.c[HOUR],
                       binned.c.bin, sa.func.count().label("count"),
@@ -257,16 +287,13 @@ def _histogram(lake: SqlLake, column: sa.Column, index: int, thresholds: np.ndar
             .group_by(binned.c[HOUR], binned.c.bin))
 
 
-def _pulled_quantiles(lake: SqlLake, t: sa.Table, hour, where: list,
-                      columns: Sequence[str]) -> pd.DataFrame:
+def _pulled_quantiles(scope: _Scope, columns: Sequence[str]) -> pd.DataFrame:
     """Quantiles where the database has no ``percentile_cont``: only the hour and the
     columns' finite values leave it, and pandas computes them (linear interpolation)."""
-    query = sa.select(hour.label(HOUR), *(_finite(t.c[c])[0].label(f"c{i}")
-                                          for i, c in enumerate(columns))).where(*where)
-    with lake.engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).all(),
-                             columns=[HOUR, *(f"c{i}" for i in range(len(columns)))])
-    frame[HOUR] = pd.to_datetime(frame[HOUR], utc=True)
+    with scope.lake.engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(_finite_rows(scope, columns)).all(),
+                             columns=[HOUR, *(f"v{i}" for i in range(len(columns)))])
+    frame[HOUR] = scope.hours(frame[HOUR])
     values = frame.drop(columns=HOUR).astype(np.float64)
     q = values.groupby(frame[HOUR]).quantile(list(QUANTILES))  # (hour, level) x column
     q.columns = list(columns)
