@@ -179,3 +179,16 @@ def test_a_timestamp_stored_as_text_is_refused_naming_the_file_and_what_is_allow
     assert error.column == "ts" and error.file.endswith("bad.parquet")
     assert "string" in error.reason and "timestamp" in error.reason
 
+
+
+def test_an_integer_too_wide_for_the_contract_is_refused_in_plain_words(tmp_path):
+    lake = tmp_path / "lake"
+    _write(lake / "model_features" / "wide.parquet", pa.table({
+        "model_id": ["m", "m"], "position": pa.array([0, 2**40], pa.int64()),
+        "feature_name": ["a", "b"]}))
+    with pytest.raises(ContractError) as raised:
+        ParquetLake(str(lake)).read("model_features")
+    error = raised.value
+    assert error.column == "position" and error.file.endswith("wide.parquet")
+    assert error.reason == ("stored as int64 with values outside int32's range "
+                            f"[-2147483648, 2147483647], e.g. {2**40}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pyarrow as pa
 
 from hawkeye_dagster.contract import Kind, TableSpec
@@ -135,6 +136,22 @@ def conform(table: pa.Table, spec: TableSpec, *, location: str) -> pa.Table:
         try:
             columns.append(column.cast(target) if column.type != target else column)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ContractError(f"values do not fit {target}: {exc}", table=spec.name,
-                                file=location, column=name) from exc
+            raise ContractError(_misfit(column, target), table=spec.name, file=location,
+                                column=name) from exc
     return pa.table(columns, names=table.column_names)
+
+
+def _misfit(column: pa.ChunkedArray, target: pa.DataType) -> str:
+    """Why a stored column does not cast to ``target``, in the contract's words."""
+    stored = column.type
+    if pa.types.is_integer(stored) and pa.types.is_integer(target):
+        info = np.iinfo(target.to_pandas_dtype())
+        values = column.drop_null().to_numpy(zero_copy_only=False)
+        outside = values[(values < info.min) | (values > info.max)]
+        example = f", e.g. {outside[0]}" if len(outside) else ""
+        return (f"stored as {stored} with values outside {target}'s range "
+                f"[{info.min}, {info.max}]{example}")
+    if pa.types.is_timestamp(stored):
+        return (f"stored as {stored} with instants outside what {target} holds "
+                "(1677-09-21 to 2262-04-11)")
+    return f"stored as {stored}, whose values do not convert to the contract's {target}"
