@@ -1,9 +1,10 @@
 """Pausing upstream pipelines: the plan, the policy, the audit trail, and Airflow's REST API.
 
 Airflow is a local HTTP stub that records the calls (a test double of the
-third-party service); Dagster's own GraphQL path is exercised against a real
-webserver in ``test_mitigation_dagster.py``. Here Dagster targets use an
-in-memory control so the bookkeeping can be checked on its own.
+third-party service; real Airflow 3 and 2 servers are in ``test_airflow_real.py``);
+Dagster's own GraphQL path is exercised against a real webserver in
+``test_mitigation_dagster.py``. Here Dagster targets use an in-memory control so
+the bookkeeping can be checked on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hawkeye_dagster.mitigation.audit import AuditStore
 from hawkeye_dagster.mitigation.controls import AirflowControl, ControlError
 from hawkeye_dagster.mitigation.pausing import pause_pipelines, resume_pipelines
 from hawkeye_dagster.mitigation.planning import PausePolicy, plan_pause, refusal
+from hawkeye_dagster.resources import MitigationSettings
 
 LIVE = PausePolicy(dry_run=False, min_confidence=0.8, max_pipelines=3)
 
@@ -196,3 +198,61 @@ def test_a_failed_pause_counts_only_until_the_pipeline_settles(graph, audit):
     assert later["outcome"] == "already_paused"        # the old failure is settled
     resume_pipelines("i8", {"dagster": dagster}, audit, actor="t")
     assert dagster.states["t1_schedule"] == "paused"
+
+
+def test_airflow_3_tokens_are_asked_for_once_and_again_when_expired():
+    stub = AirflowStub({"x1_dag": False}, users={"admin": "pw"})
+    try:
+        control = AirflowControl(stub.url, username="admin", password="pw")
+        assert control.state("x1_dag") == "running" and control.api == "v2"
+        control.pause("x1_dag")
+        assert control.state("x1_dag") == "paused" and len(stub.tokens) == 1
+        stub.expire_tokens()
+        control.restore("x1_dag", "running")
+        assert stub.paused["x1_dag"] is False and len(stub.tokens) == 2
+        issued = next(iter(stub.tokens - stub.expired))
+        assert AirflowControl(stub.url, token=issued, api="v2").state("x1_dag") == "running"
+        stub.expire_tokens()
+        with pytest.raises(ControlError, match="Token Expired") as expired:
+            AirflowControl(stub.url, token=issued).state("x1_dag")    # nothing to renew it with
+        assert expired.value.status == 401
+        with pytest.raises(ControlError, match="Invalid credentials"):
+            AirflowControl(stub.url, username="admin", password="wrong").state("x1_dag")
+    finally:
+        stub.close()
+
+
+def test_airflow_2_basic_auth_on_api_v1():
+    stub = AirflowStub({"x1_dag": False}, airflow=2, users={"admin": "pw"})
+    try:
+        control = AirflowControl(stub.url, username="admin", password="pw")
+        control.pause("x1_dag")
+        assert control.api == "v1" and stub.paused["x1_dag"] is True
+        with pytest.raises(ControlError) as refused:
+            AirflowControl(stub.url, username="admin", password="wrong", api="v1").state("x1_dag")
+        assert refused.value.status == 403           # what Airflow 2 answers bad credentials
+    finally:
+        stub.close()
+
+
+def test_airflow_errors_carry_the_status_and_the_body_and_name_the_dag(airflow):
+    with pytest.raises(ControlError, match="x1_dag") as removed:
+        AirflowControl(airflow.url, api="v1").state("x1_dag")
+    assert removed.value.status == 404
+    assert "/api/v1 has been removed in Airflow 3" in removed.value.body
+    assert removed.value.body in str(removed.value)
+    with pytest.raises(ControlError, match="'gone_dag'.*DAG not found"):
+        AirflowControl(airflow.url).pause("gone_dag")
+    with pytest.raises(ValueError, match="v1"):
+        AirflowControl(airflow.url, api="v3")
+
+
+def test_tokens_and_the_airflow_api_come_from_the_environment(monkeypatch):
+    for name, value in {"DAGSTER_URL": "https://org.dagster.cloud/prod", "DAGSTER_TOKEN": "user:t",
+                        "AIRFLOW_URL": "http://airflow:8080", "AIRFLOW_TOKEN": "jwt",
+                        "AIRFLOW_API": "v2"}.items():
+        monkeypatch.setenv(f"HAWKEYE_{name}", value)
+    controls = MitigationSettings.from_env().controls()
+    assert controls["dagster"].headers == {"Dagster-Cloud-Api-Token": "user:t"}
+    assert controls["dagster"].endpoint == "https://org.dagster.cloud/prod/graphql"
+    assert (controls["airflow"].token, controls["airflow"].api) == ("jwt", "v2")

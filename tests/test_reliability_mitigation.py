@@ -40,6 +40,7 @@ class DagsterGraphQLStub:
         self.slow_s = 0.0
         self.slow_mutations = 0.0
         self.fail_next = 0
+        self.tokens: list[str | None] = []  # each request's Dagster+ API token header
         self.lock = threading.Lock()
         stub = self
 
@@ -49,6 +50,7 @@ class DagsterGraphQLStub:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.tokens.append(self.headers.get("Dagster-Cloud-Api-Token"))
                 time.sleep(stub.slow_s)
                 with stub.lock:
                     if stub.fail_next:
@@ -190,3 +192,9 @@ def test_pause_applied_but_answer_lost_is_still_resumed(stub, plan, audit):
     stub.slow_mutations = 0.0
     time.sleep(1.2)
     _pause_and_resume_exactly(stub, plan, audit, DagsterControl(stub.url, timeout=2))
+
+
+def test_dagster_plus_token_goes_in_its_header(stub):
+    assert DagsterControl(stub.url, token="user:secret").state("s1_sensor") == "running:default"
+    assert DagsterControl(stub.url).state("t1_schedule") == "running"
+    assert stub.tokens == ["user:secret", None]
