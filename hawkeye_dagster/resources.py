@@ -25,19 +25,37 @@ from hawkeye_dagster.mitigation.planning import PausePolicy
 
 
 class TelemetrySource(dg.ConfigurableResource):
-    """The telemetry lake: a Parquet lake path/URL or a SQLAlchemy URL (exactly one)."""
+    """The telemetry lake: a Parquet lake path/URL or a SQLAlchemy URL (exactly one), and the
+    OpenLineage events whose lineage joins the lake's for every reader of it (optional; see
+    :mod:`hawkeye_dagster.lake.openlineage`)."""
 
     lake: str | None = None
     sql_url: str | None = None
+    openlineage: str | None = None
+    """OpenLineage events: a file or folder (unset: ``HAWKEYE_OPENLINEAGE``, if set)."""
+    openlineage_lake_namespaces: list[str] | None = None
+    """Namespaces whose datasets are the lake's nodes of the same name (unset:
+    ``HAWKEYE_OPENLINEAGE_LAKE_NAMESPACES``, comma-separated)."""
 
     _reader: TelemetryReader | None = PrivateAttr(default=None)
 
     def reader(self) -> TelemetryReader:
-        """The reader, opened once per resource instance."""
+        """The reader, opened once per resource instance; its lineage tables hold the
+        OpenLineage events' lineage too when they are configured."""
         if self._reader is None:
             from hawkeye_dagster.lake.open import open_lake
 
             self._reader = open_lake(lake=self.lake, sql_url=self.sql_url)
+            events = self.openlineage or os.environ.get("HAWKEYE_OPENLINEAGE")
+            if events:
+                from hawkeye_dagster.lake.openlineage import DatasetMapping, OpenLineageSource
+
+                namespaces = self.openlineage_lake_namespaces
+                if namespaces is None:
+                    namespaces = os.environ.get("HAWKEYE_OPENLINEAGE_LAKE_NAMESPACES", "")
+                    namespaces = namespaces.split(",")
+                mapping = DatasetMapping(tuple(n.strip() for n in namespaces if n.strip()))
+                self._reader = self._reader.with_lineage(OpenLineageSource(events, mapping))
         return self._reader
 
     @property
@@ -98,16 +116,22 @@ class MitigationSettings(dg.ConfigurableResource):
     """Where pipelines are paused, where pauses are recorded, and how boldly.
 
     ``dagster_url``: the Dagster webserver whose schedules/sensors drive
-    ``dagster`` pipelines (e.g. ``http://localhost:3000``); ``airflow_url``
-    (+ basic-auth user/password) for ``airflow`` pipelines; without one, such
-    pauses are recorded for a person to carry out. ``audit_url``: SQLAlchemy
-    URL of the audit table (default: a SQLite file under storage).
+    ``dagster`` pipelines (e.g. ``http://localhost:3000``; ``dagster_token`` for
+    Dagster+); ``airflow_url`` for ``airflow`` pipelines, with a user/password
+    (Airflow 3 trades them for a token, Airflow 2 takes them as basic auth) or
+    an ``airflow_token`` issued beforehand, and ``airflow_api`` (``v1``/``v2``)
+    where probing the server should not decide; without a URL, such pauses are
+    recorded for a person to carry out. ``audit_url``: SQLAlchemy URL of the
+    audit table (default: a SQLite file under storage).
     """
 
     dagster_url: str | None = None
+    dagster_token: str | None = None
     airflow_url: str | None = None
     airflow_username: str | None = None
     airflow_password: str | None = None
+    airflow_token: str | None = None
+    airflow_api: str | None = None
     audit_url: str | None = None
     auto_pause: bool = False
     min_confidence: float = 0.8
@@ -115,24 +139,28 @@ class MitigationSettings(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> "MitigationSettings":
-        """From ``HAWKEYE_DAGSTER_URL``, ``HAWKEYE_AIRFLOW_URL`` (``_USERNAME``/``_PASSWORD``),
-        ``HAWKEYE_AUDIT_URL`` and ``HAWKEYE_AUTO_PAUSE`` (``1`` to allow automatic pausing)."""
+        """From ``HAWKEYE_DAGSTER_URL`` (``_TOKEN``), ``HAWKEYE_AIRFLOW_URL`` (``_USERNAME``,
+        ``_PASSWORD``, ``_TOKEN``, ``_API``), ``HAWKEYE_AUDIT_URL`` and ``HAWKEYE_AUTO_PAUSE``
+        (``1`` to allow automatic pausing)."""
         env = os.environ.get
         return cls(dagster_url=env("HAWKEYE_DAGSTER_URL") or None,
+                   dagster_token=env("HAWKEYE_DAGSTER_TOKEN") or None,
                    airflow_url=env("HAWKEYE_AIRFLOW_URL") or None,
                    airflow_username=env("HAWKEYE_AIRFLOW_USERNAME") or None,
                    airflow_password=env("HAWKEYE_AIRFLOW_PASSWORD") or None,
+                   airflow_token=env("HAWKEYE_AIRFLOW_TOKEN") or None,
+                   airflow_api=env("HAWKEYE_AIRFLOW_API") or None,
                    audit_url=env("HAWKEYE_AUDIT_URL") or None,
                    auto_pause=env("HAWKEYE_AUTO_PAUSE", "") in ("1", "true", "yes"))
 
     def controls(self) -> dict[str, PipelineControl]:
         controls: dict[str, PipelineControl] = {}
         if self.dagster_url:
-            controls["dagster"] = DagsterControl(self.dagster_url)
+            controls["dagster"] = DagsterControl(self.dagster_url, token=self.dagster_token)
         if self.airflow_url:
-            auth = (self.airflow_username, self.airflow_password or "") \
-                if self.airflow_username else None
-            controls["airflow"] = AirflowControl(self.airflow_url, auth=auth)
+            controls["airflow"] = AirflowControl(
+                self.airflow_url, username=self.airflow_username, password=self.airflow_password,
+                token=self.airflow_token, api=self.airflow_api)
         return controls
 
     def audit(self, storage: HawkeyeStorage) -> AuditStore:

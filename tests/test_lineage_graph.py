@@ -1,8 +1,6 @@
-"""The lineage graph: contract tables and OpenLineage events in, a checked DAG out."""
+"""The lineage graph: contract tables in, a checked DAG out (OpenLineage: ``test_openlineage``)."""
 
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 import pytest
@@ -12,8 +10,6 @@ from hawkeye_dagster.analysis.lineage_graph import (
     build_lineage_graph,
     feature_node,
     graph_summary,
-    merge_lineage,
-    read_openlineage,
     related_groups,
     upstream_table,
 )
@@ -92,74 +88,3 @@ def test_alerts_group_by_shared_ancestors_and_bursts_in_time():
     labels = related_groups(_graph(), alerts, pd.Timedelta(hours=6))
     # f1 and f2 share x1 (burst one); f3 shares nothing; 12 h later is another burst
     assert list(labels) == [0, 0, 1, 2, 2]
-
-
-def _event(job, inputs, outputs, ts, *, version=None, airflow_dag=None):
-    event = {
-        "eventType": "COMPLETE", "eventTime": ts,
-        "run": {"runId": f"run-{job}-{ts}", "facets": {}},
-        "job": {"namespace": "prod", "name": job, "facets": {}},
-        "inputs": [{"namespace": "postgres://db:5432", "name": n} for n in inputs],
-        "outputs": [{"namespace": "postgres://db:5432", "name": n} for n in outputs],
-        "producer": "https://github.com/OpenLineage/OpenLineage/tree/1.0/integration/spark",
-    }
-    if version:
-        event["job"]["facets"]["sourceCodeLocation"] = {"type": "git", "url": "x", "version": version}
-    if airflow_dag:
-        event["producer"] = "https://github.com/apache/airflow/tree/providers-openlineage/1.0"
-        event["job"]["facets"]["jobType"] = {"integration": "AIRFLOW", "jobType": "TASK",
-                                             "processingType": "BATCH"}
-        event["run"]["facets"]["parent"] = {"run": {"runId": "r"},
-                                            "job": {"namespace": "prod", "name": airflow_dag}}
-    return json.dumps(event)
-
-
-def test_openlineage_events_become_lineage_tables(tmp_path):
-    lines = [
-        _event("clicks_dag.load", ["raw/clicks"], ["public.user_events"], "2026-10-01T00:00:00Z",
-               airflow_dag="clicks_dag"),
-        _event("features_job", ["public.user_events", "public.profiles"], ["features.ctr_7d"],
-               "2026-10-01T01:00:00Z", version="a1"),
-        _event("features_job", ["public.user_events", "public.profiles"], ["features.ctr_7d"],
-               "2026-10-02T01:00:00Z", version="a1"),
-        _event("features_job", ["public.user_events", "public.profiles"], ["features.ctr_7d"],
-               "2026-10-03T01:00:00Z", version="b2"),
-    ]
-    path = tmp_path / "events.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    tables = read_openlineage(path)
-
-    nodes = tables["lineage_nodes"].set_index("node_id")
-    assert nodes.loc["raw.clicks", "kind"] == "source"             # "/" is not allowed in ids
-    assert nodes.loc["public.user_events", "pipeline_id"] == "clicks_dag.load"
-    assert nodes.loc["features.ctr_7d", "kind"] == "table"
-    assert set(map(tuple, tables["lineage_edges"].to_numpy())) == {
-        ("raw.clicks", "public.user_events"), ("public.user_events", "features.ctr_7d"),
-        ("public.profiles", "features.ctr_7d")}
-    pipelines = tables["pipelines"].set_index("pipeline_id")
-    assert tuple(pipelines.loc["clicks_dag.load"]) == ("airflow", "clicks_dag")
-    assert tuple(pipelines.loc["features_job"]) == ("external", "features_job")
-    changes = tables["lineage_changes"]
-    assert list(changes["version"]) == ["b2"] and list(changes["node_id"]) == ["features.ctr_7d"]
-    assert changes["ts"].iloc[0] == pd.Timestamp("2026-10-03T01:00:00Z")
-
-    # a second source alongside the lake's own tables
-    lake = {"lineage_nodes": pd.DataFrame({"node_id": ["features.ctr_7d", "ctr"],
-                                           "kind": ["transform", "feature"],
-                                           "pipeline_id": [None, None]}),
-            "lineage_edges": pd.DataFrame({"upstream_id": ["features.ctr_7d"],
-                                           "downstream_id": ["ctr"]})}
-    merged = merge_lineage(lake, tables)
-    graph = build_lineage_graph(merged["lineage_nodes"], merged["lineage_edges"],
-                                pd.DataFrame({"feature_name": ["ctr 7d"], "lineage_node_id": ["ctr"]}),
-                                merged["pipelines"])
-    assert graph.nodes["features.ctr_7d"]["kind"] == "transform"   # the lake's row wins
-    assert upstream_table(graph, ["ctr 7d"])["node_id"].tolist() == [
-        "ctr", "features.ctr_7d", "public.profiles", "public.user_events", "raw.clicks"]
-
-
-def test_openlineage_without_events_is_bad_input(tmp_path):
-    path = tmp_path / "empty.jsonl"
-    path.write_text("\n")
-    with pytest.raises(ContractError, match="no OpenLineage events"):
-        read_openlineage(path)

@@ -1,4 +1,4 @@
-"""The upstream data lineage graph: contract tables (or OpenLineage events) -> ``networkx.DiGraph``.
+"""The upstream data lineage graph: the contract's lineage tables -> ``networkx.DiGraph``.
 
 Nodes are ``lineage_nodes.node_id`` with attributes ``kind``, ``pipeline_id``,
 ``orchestrator``, ``target`` (from ``pipelines``; ``None`` when the node has no
@@ -6,12 +6,13 @@ pipeline or the pipeline is not listed) and ``features`` (the feature names
 whose lineage node it is). Edges point downstream. ``graph.graph["feature_nodes"]``
 maps each feature name to its node. A cycle is bad input
 (:class:`~hawkeye_dagster.errors.LineageCycleError` naming the nodes on it).
+OpenLineage events join the lake's tables in the reader
+(:mod:`hawkeye_dagster.lake.openlineage`), so every graph built from a reader has them.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,15 +101,18 @@ def _collector_paused():
 
 def lineage_from_reader(reader: TelemetryReader,
                         openlineage: str | Path | None = None) -> nx.DiGraph:
-    """The lineage graph of a lake, optionally merged with OpenLineage events (a JSON-lines file).
+    """The lineage graph of a lake: its reader's lineage tables, which hold the OpenLineage
+    events the telemetry resource is configured with, plus those at ``openlineage`` (a file
+    or folder of events, mapped by the default ``DatasetMapping``) when given.
 
-    The lake's own rows win where both sources know a node or pipeline.
+    The lake's own rows win where both know a node, edge or pipeline.
     """
-    tables = {t: reader.read(t) for t in ("lineage_nodes", "lineage_edges", "pipelines")}
     if openlineage is not None:
-        tables = merge_lineage(tables, read_openlineage(openlineage))
-    return build_lineage_graph(tables["lineage_nodes"], tables["lineage_edges"],
-                               reader.read("features"), tables["pipelines"])
+        from hawkeye_dagster.lake.openlineage import OpenLineageSource
+
+        reader = reader.with_lineage(OpenLineageSource(str(openlineage)))
+    return build_lineage_graph(*(reader.read(t) for t in (
+        "lineage_nodes", "lineage_edges", "features", "pipelines")))
 
 
 def _codes(ids: pd.Series, known: pd.Index, *, table: str, column: str) -> np.ndarray:
@@ -240,96 +244,3 @@ def graph_summary(graph: nx.DiGraph) -> dict[str, int]:
         summary |= {f"pipelines_{k}": int(v)
                     for k, v in pipelines["orchestrator"].fillna("unlisted").value_counts().items()}
     return summary
-
-
-# --- OpenLineage --------------------------------------------------------------------------------
-
-def read_openlineage(source: str | Path | Iterable[str]) -> dict[str, pd.DataFrame]:
-    """Lineage tables from OpenLineage run events (JSON lines), as Airflow, Spark and dbt emit them.
-
-    Each dataset becomes a node (id = dataset ``name``, ``/`` replaced by ``.``
-    since contract ids never hold ``/``): ``source`` when no job writes it,
-    ``table`` otherwise. Each job run adds edges from every input to every
-    output dataset, and the job is the pipeline producing its outputs
-    (orchestrator ``airflow`` with the DAG id as target when the event comes
-    from Airflow, ``external`` otherwise). A new ``sourceCodeLocation.version``
-    of a job becomes a ``code`` change at its outputs.
-
-    Returns
-    -------
-    Frames keyed by contract table name: ``lineage_nodes``, ``lineage_edges``,
-    ``pipelines``, ``lineage_changes``.
-    """
-    lines = Path(source).read_text().splitlines() if isinstance(source, (str, Path)) else source
-    events = [json.loads(line) for line in lines if line.strip()]
-    if not events:
-        raise ContractError("no OpenLineage events", file=str(source) if isinstance(
-            source, (str, Path)) else None)
-    frame = pd.json_normalize(events, sep=".")
-    for column in ("inputs", "outputs", "job.facets.sourceCodeLocation.version",
-                   "job.facets.jobType.integration", "run.facets.parent.job.name", "producer"):
-        if column not in frame:
-            frame[column] = None
-    frame["inputs"] = frame["inputs"].map(lambda v: v if isinstance(v, list) else [])
-    frame["outputs"] = frame["outputs"].map(lambda v: v if isinstance(v, list) else [])
-    frame["pipeline_id"] = _ol_id(frame["job.name"])
-    frame["ts"] = pd.to_datetime(frame["eventTime"], utc=True, format="ISO8601")
-
-    def datasets(side: str) -> pd.DataFrame:
-        exploded = frame[["pipeline_id", side]].explode(side).dropna(subset=[side])
-        names = pd.json_normalize(exploded[side].tolist())["name"]
-        return pd.DataFrame({"pipeline_id": exploded["pipeline_id"].to_numpy(),
-                             "node_id": _ol_id(names).to_numpy()})
-
-    inputs, outputs = datasets("inputs"), datasets("outputs")
-    edges = inputs.merge(outputs, on="pipeline_id", suffixes=("_up", "_down"))
-    edges = edges.rename(columns={"node_id_up": "upstream_id", "node_id_down": "downstream_id"})
-    edges = edges[["upstream_id", "downstream_id"]].drop_duplicates(ignore_index=True)
-
-    produced = outputs.drop_duplicates("node_id")
-    all_ids = pd.Index(pd.concat([inputs["node_id"], outputs["node_id"]]).unique())
-    nodes = pd.DataFrame({"node_id": all_ids})
-    nodes["pipeline_id"] = nodes["node_id"].map(produced.set_index("node_id")["pipeline_id"])
-    nodes["kind"] = np.where(nodes["pipeline_id"].isna(), "source", "table")
-    nodes = nodes[["node_id", "kind", "pipeline_id"]]
-
-    jobs = frame.sort_values("ts").drop_duplicates("pipeline_id", keep="last")
-    is_airflow = (jobs["job.facets.jobType.integration"].fillna("").str.upper().eq("AIRFLOW")
-                  | jobs["producer"].fillna("").str.contains("airflow", case=False))
-    dag = _ol_id(jobs["run.facets.parent.job.name"].fillna(jobs["job.name"]))
-    pipelines = pd.DataFrame({"pipeline_id": jobs["pipeline_id"].to_numpy(),
-                              "orchestrator": np.where(is_airflow, "airflow", "external"),
-                              "target": np.where(is_airflow, dag, jobs["job.name"])})
-
-    versions = frame.dropna(subset=["job.facets.sourceCodeLocation.version"]).sort_values("ts")
-    versions = versions.drop_duplicates(["pipeline_id", "job.facets.sourceCodeLocation.version"])
-    deployed = versions[versions.duplicated("pipeline_id")]  # a version after the first one seen
-    changes = deployed[["ts", "pipeline_id", "job.facets.sourceCodeLocation.version"]].merge(
-        produced, on="pipeline_id")
-    changes = pd.DataFrame({
-        "ts": changes["ts"].to_numpy(), "node_id": changes["node_id"].to_numpy(),
-        "change_type": "code", "version": changes["job.facets.sourceCodeLocation.version"].to_numpy(),
-        "description": "OpenLineage sourceCodeLocation of job " + changes["pipeline_id"].astype(str),
-    })
-    return {"lineage_nodes": nodes, "lineage_edges": edges, "pipelines": pipelines,
-            "lineage_changes": changes}
-
-
-def _ol_id(names: pd.Series) -> pd.Series:
-    return names.astype(str).str.strip("/").str.replace("/", ".", regex=False)
-
-
-def merge_lineage(*sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Union lineage tables from several sources (the lake's and OpenLineage's).
-
-    A node or pipeline known to several sources keeps the first source's row.
-    """
-    keys = {"lineage_nodes": ["node_id"], "pipelines": ["pipeline_id"],
-            "lineage_edges": ["upstream_id", "downstream_id"], "lineage_changes": None}
-    merged = {}
-    for table, key in keys.items():
-        frames = [s[table] for s in sources if s.get(table) is not None and len(s[table])]
-        if frames:
-            merged[table] = pd.concat(frames, ignore_index=True).drop_duplicates(
-                key, ignore_index=True)
-    return merged

@@ -67,7 +67,7 @@ class ParquetLake(TelemetryReader):
 
     # -- listing -------------------------------------------------------------
 
-    def tables(self) -> set[str]:
+    def stored_tables(self) -> set[str]:
         infos = self._fs.get_file_info(pafs.FileSelector(self._root))
         return {i.base_name for i in infos
                 if i.type == pafs.FileType.Directory and i.base_name in TABLES}
@@ -168,7 +168,7 @@ class ParquetLake(TelemetryReader):
 
     # -- reading -------------------------------------------------------------
 
-    def read_arrow(self, table: str, *, columns: Sequence[str] | None = None,
+    def read_stored(self, table: str, *, columns: Sequence[str] | None = None,
                    time_range: TimeRange | None = None, equals: dict | None = None,
                    isin: dict | None = None) -> pa.Table:
         spec = table_spec(table)

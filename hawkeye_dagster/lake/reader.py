@@ -10,10 +10,12 @@ UTC, and both push filters (time range, model, columns) down to the store.
 from __future__ import annotations
 
 import abc
+import copy
 import functools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -21,7 +23,8 @@ import pyarrow.compute as pc
 
 from hawkeye_dagster.contract import TABLES, TableSpec
 from hawkeye_dagster.errors import ContractError
-from hawkeye_dagster.lake.conform import TIMESTAMP
+from hawkeye_dagster.lake.conform import TIMESTAMP, contract_schema
+from hawkeye_dagster.lake.lineage_union import LINEAGE_TABLES, merge_lineage
 
 
 @dataclass(frozen=True)
@@ -78,20 +81,46 @@ class TablePart:
     problem: str | None = None
 
 
+class LineageSource(Protocol):
+    """Lineage from outside the lake (e.g. OpenLineage events) that joins a reader's own."""
+
+    def tables(self, lake_node_ids: Iterable[str] = ()) -> Mapping[str, pd.DataFrame]:
+        """Rows for the contract's lineage tables, given the node ids the lake already has."""
+
+
 class TelemetryReader(abc.ABC):
-    """Read-only access to a telemetry lake that follows the contract."""
+    """Read-only access to a telemetry lake that follows the contract.
+
+    Implementations read what is stored (:meth:`stored_tables`, :meth:`read_stored`);
+    :meth:`read_arrow` adds the rows of any joined :class:`LineageSource` to the lineage
+    tables, so every analysis sees one lineage graph.
+    """
 
     #: a short human description of where the telemetry lives (path or URL without secrets)
     location: str
+    #: lineage from outside the lake that its lineage tables also hold (see :meth:`with_lineage`)
+    lineage_sources: tuple[LineageSource, ...] = ()
+
+    def with_lineage(self, source: LineageSource) -> "TelemetryReader":
+        """This reader (sharing its connection and caches) with ``source``'s lineage joined:
+        the lake's rows win where both know a node, edge or pipeline. Validation reads stored
+        parts, so it still sees the lake alone."""
+        joined = copy.copy(self)
+        joined.lineage_sources = (*self.lineage_sources, source)
+        return joined
 
     @abc.abstractmethod
+    def stored_tables(self) -> set[str]:
+        """Names of the contract tables the store holds."""
+
     def tables(self) -> set[str]:
-        """Names of the contract tables present."""
+        """Names of the contract tables present (every lineage table when lineage is joined)."""
+        stored = self.stored_tables()
+        return stored | set(LINEAGE_TABLES) if self.lineage_sources else stored
 
     def has_table(self, table: str) -> bool:
         return table in self.tables()
 
-    @abc.abstractmethod
     def read_arrow(
         self,
         table: str,
@@ -114,6 +143,41 @@ class TelemetryReader(abc.ABC):
         :class:`~hawkeye_dagster.errors.ContractError` naming the table, file
         and column when the data breaks the contract.
         """
+        if not self.lineage_sources or table not in LINEAGE_TABLES:
+            return self.read_stored(table, columns=columns, time_range=time_range,
+                                    equals=equals, isin=isin)
+        rows = self._joined_lineage(table)
+        time_column = table_spec(table).time_column
+        terms = [pc.field(k) == v for k, v in (equals or {}).items()]
+        terms += [pc.field(k).isin(list(v)) for k, v in (isin or {}).items()]
+        if time_range is not None and time_column:
+            terms += [e for e in [time_range.expression(time_column)] if e is not None]
+        if terms:
+            rows = rows.filter(functools.reduce(operator.and_, terms))
+        return rows.select(list(columns)) if columns is not None else rows
+
+    def _joined_lineage(self, table: str) -> pa.Table:
+        """A lineage table's stored rows joined with every lineage source's."""
+        lake = self._stored_or_empty(table)
+        nodes = lake if table == "lineage_nodes" else self._stored_or_empty("lineage_nodes")
+        ids = nodes.column("node_id").to_pylist()
+        frame = lake.to_pandas()
+        merged = merge_lineage({table: frame},
+                               *(s.tables(ids) for s in self.lineage_sources)).get(table, frame)
+        return pa.Table.from_pandas(merged.reindex(columns=lake.schema.names), schema=lake.schema,
+                                    preserve_index=False)
+
+    def _stored_or_empty(self, table: str) -> pa.Table:
+        """The store's rows of a table (none when it lacks the table: lineage may all be joined)."""
+        if table in self.stored_tables():
+            return self.read_stored(table)
+        return contract_schema(table_spec(table)).empty_table()
+
+    @abc.abstractmethod
+    def read_stored(self, table: str, *, columns: Sequence[str] | None = None,
+                    time_range: TimeRange | None = None, equals: dict | None = None,
+                    isin: dict | None = None) -> pa.Table:
+        """:meth:`read_arrow` of what the store holds (no joined lineage)."""
 
     @abc.abstractmethod
     def parts(self, table: str) -> list[TablePart]:

@@ -167,7 +167,7 @@ class SqlLake(TelemetryReader):
 
     # -- catalog -------------------------------------------------------------
 
-    def tables(self) -> set[str]:
+    def stored_tables(self) -> set[str]:
         return set(sa.inspect(self.engine).get_table_names(schema=self._schema)) & set(TABLES)
 
     def table(self, spec: TableSpec) -> sa.Table | None:
@@ -330,7 +330,7 @@ class SqlLake(TelemetryReader):
         contract = [c for c in t.columns.keys() if c in spec.column_names]
         return ordered_names(spec, contract + self._feature_columns(spec, t, ids))
 
-    def read_arrow(self, table: str, *, columns: Sequence[str] | None = None,
+    def read_stored(self, table: str, *, columns: Sequence[str] | None = None,
                    time_range: TimeRange | None = None, equals: dict | None = None,
                    isin: dict | None = None) -> pa.Table:
         spec = table_spec(table)
@@ -394,7 +394,7 @@ class SqlLake(TelemetryReader):
 
     def read_part(self, part: TablePart, columns: Sequence[str] | None = None) -> pa.Table:
         stored = ordered_names(table_spec(part.table), part.schema.names)
-        return self.read_arrow(part.table, columns=stored if columns is None else
+        return self.read_stored(part.table, columns=stored if columns is None else
                                [c for c in columns if c in stored])
 
     def serving_columns(self, model_id: str) -> list[str]:
