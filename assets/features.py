@@ -3,7 +3,9 @@
 - ``feature_reference`` (per model): bin edges and hourly statistics of a
   reference window, and the health limits learned from it;
 - ``feature_stats`` (per day and model, one run per backfilled range): hourly
-  statistics of the features and predictions, with the feature health checks
+  statistics of the features and predictions (a model without a reference gets
+  the default one first, recorded as its ``feature_reference`` materialization,
+  so no prerequisite has to be materialized by hand), with the feature health checks
   (Great Expectations) as asset checks; failed checks become alerts in the
   contract's ``feature_alerts`` shape under ``feature_alerts/`` in storage,
   where the feature alert sensor picks them up;
@@ -15,6 +17,10 @@
 A snapshot's importance change is ``snapshot_importance_change``, with the
 snapshot's other diagnoses (:mod:`hawkeye_dagster.assets.snapshots`).
 
+The assets fill by themselves (:mod:`hawkeye_dagster.assets.automation`): the
+reference and the ranking once per model, the statistics once per served day and
+hourly for the latest days, drift after the statistics.
+
 Outputs go to storage under ``features/<model>/``. Heavy imports
 (torch, scipy, Great Expectations, matplotlib) happen inside the assets only.
 """
@@ -22,8 +28,9 @@ Outputs go to storage under ``features/<model>/``. Heavy imports
 import dagster as dg
 import pandas as pd
 
-from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
+from hawkeye_dagster.assets import automation
 from hawkeye_dagster.assets.metadata import md_table, saved_png_md
+from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
@@ -41,6 +48,8 @@ CHECK_DESCRIPTIONS = {
              "their limits.",
 }
 _DAY = pd.Timedelta("1D")
+#: ranked features whose hourly series the ranking plots
+SHIFT_PLOT_FEATURES = 5
 _BY_MODEL = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
 
 
@@ -83,26 +92,36 @@ class ReferenceConfig(dg.Config):
     group_name=GROUP, owners=OWNERS, kinds={"pandas", "parquet"},
     partitions_def=model_partitions,
     deps=[all_partitions("serving_samples"), telemetry_key("model_features")],
+    automation_condition=automation.ONCE,
     description="Per model: bin edges (reference quantiles) and hourly statistics of the "
                 "reference window, stored once so drift never re-reads it, and the per-feature "
                 "health limits learned from it.",
 )
 def feature_reference(context: dg.AssetExecutionContext, config: ReferenceConfig,
                       telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.MaterializeResult:
+    model_id = context.partition_key
+    metadata = _store_reference(telemetry.reader(), storage, model_id, config)
+    if metadata is None:
+        raise dg.Failure(f"model {model_id!r} has no serving samples"
+                         + (f" from {config.start} for {config.days} days" if config.start else ""))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _store_reference(reader: TelemetryReader, storage: HawkeyeStorage, model_id: str,
+                     config: ReferenceConfig) -> dict | None:
+    """Compute and store a model's reference profile and health limits; their metadata, or
+    ``None`` when the model served nothing in the window."""
     from hawkeye_dagster.analysis.feature_health import learn_thresholds
     from hawkeye_dagster.analysis.serving_stats import lake_reference
 
-    model_id = context.partition_key
-    reader = telemetry.reader()
     dates = _served_dates(reader, model_id)
     if not dates and config.start is None:
-        raise dg.Failure(f"model {model_id!r} has no serving samples")
+        return None
     start = pd.Timestamp(config.start or dates[0], tz="UTC")
     window = TimeRange(start, start + config.days * _DAY)
     profile = lake_reference(reader, model_id, window, n_bins=config.n_bins)
     if profile is None:
-        raise dg.Failure(f"model {model_id!r} has no serving samples from {start:%Y-%m-%d} "
-                         f"for {config.days} days")
+        return None
     features = [c for c in profile.columns if c != "prediction"]
     thresholds = learn_thresholds(profile, features, overrides=config.limits)
     storage.write_parquet(profile.to_frame(), STORE, model_id, "reference.parquet")
@@ -111,7 +130,7 @@ def feature_reference(context: dg.AssetExecutionContext, config: ReferenceConfig
     summary = pd.DataFrame({"column": profile.columns, "rows": pooled.count,
                             "null_fraction": pooled.n_null / pooled.count,
                             "mean": pooled.mean, "std": pooled.std})
-    return dg.MaterializeResult(metadata={
+    return {
         "window": f"{window.start:%Y-%m-%d} to {window.end:%Y-%m-%d}",
         "hours": len(profile.stats.hours), "features": len(features),
         "rows": int(pooled.count.max()),
@@ -119,7 +138,29 @@ def feature_reference(context: dg.AssetExecutionContext, config: ReferenceConfig
         "limits": md_table(thresholds.reset_index()[
             ["column", "null_fraction_max", "value_min", "value_max", "psi_max",
              "wasserstein_norm_max"]], 50),
-    })
+    }
+
+
+def _stats_reference(context: dg.AssetExecutionContext, reader: TelemetryReader,
+                     storage: HawkeyeStorage, model_id: str) -> tuple | None:
+    """What a model's statistics are computed against: its reference, features and health
+    limits; ``None`` when it never served. The default reference is computed when none is
+    stored, and recorded as a materialization of the model's ``feature_reference`` partition,
+    so the UI shows where it came from and the automation does not compute it again (a
+    configured reference is materialized from that asset)."""
+    from hawkeye_dagster.analysis.serving_stats import model_features
+
+    if not storage.exists(STORE, model_id, "reference.parquet"):
+        metadata = _store_reference(reader, storage, model_id, ReferenceConfig())
+        if metadata is None:
+            return None
+        context.log.info(f"{model_id} had no reference: computed the default one")
+        context.log_event(dg.AssetMaterialization(
+            "feature_reference", partition=model_id, metadata=metadata,
+            description=f"the default reference window, computed by run {context.run_id}'s "
+                        "feature_stats because none was stored"))
+    return (_reference(storage, model_id), model_features(reader, model_id),
+            storage.read_parquet(STORE, model_id, "thresholds.parquet"))
 
 
 # --- daily statistics, health checks and drift ------------------------------------------------
@@ -132,11 +173,12 @@ def feature_reference(context: dg.AssetExecutionContext, config: ReferenceConfig
           telemetry_key("serving_samples"), telemetry_key("model_features")],
     check_specs=[dg.AssetCheckSpec(name, asset="feature_stats", description=text)
                  for name, text in CHECK_DESCRIPTIONS.items()],
-    automation_condition=dg.AutomationCondition.on_cron("5 * * * *"),
+    automation_condition=automation.refresh("5 * * * *", first=automation.ONCE_SERVED_DAYS),
     description="Per day and model: hourly count, null/NaN/inf fractions, mean, std, min/max, "
                 "quantiles and reference-bin histogram of every feature and of the predictions "
-                "(vectorized over features and hours). Health checks run on it; failures are "
-                "written as feature alerts.",
+                "(vectorized over features and hours), on the bins of the model's reference "
+                "(the default one is computed first when there is none). Health checks run on "
+                "it; failures are written as feature alerts.",
 )
 def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                   storage: HawkeyeStorage) -> dg.MaterializeResult:
@@ -144,15 +186,17 @@ def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
     from hawkeye_dagster.analysis.feature_health import CHECKS, check_frame
     from hawkeye_dagster.analysis.feature_plots import shifted_features_plot
     from hawkeye_dagster.analysis.feature_stats import PREDICTION
-    from hawkeye_dagster.analysis.serving_stats import lake_hourly_stats, model_features
+    from hawkeye_dagster.analysis.serving_stats import lake_hourly_stats
 
     reader = telemetry.reader()
     done, frames, shifted, references = [], [], None, {}
     for key in context.partition_keys:
         day, model_id = _day_and_model(key)
         if model_id not in references:
-            references[model_id] = (_reference(storage, model_id), model_features(reader, model_id),
-                                    storage.read_parquet(STORE, model_id, "thresholds.parquet"))
+            references[model_id] = _stats_reference(context, reader, storage, model_id)
+        if references[model_id] is None:
+            context.log.info(f"{model_id} has no serving samples: nothing on {day:%Y-%m-%d}")
+            continue
         reference, features, thresholds = references[model_id]
         columns = [*features, PREDICTION]
         stats = lake_hourly_stats(reader, model_id, TimeRange(day, day + _DAY), columns,
@@ -221,7 +265,7 @@ def _health(frames: list[tuple[str, pd.Timestamp, pd.DataFrame]],
     partitions_def=model_day_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=["feature_stats", dg.AssetDep("feature_reference", partition_mapping=_BY_MODEL)],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=automation.FOLLOW,
     description="Per day and model: PSI, Jensen-Shannon distance, Kolmogorov-Smirnov statistic "
                 "and normalized Wasserstein distance (Evidently's definitions) of every feature "
                 "and of the predictions against the reference, per day and per hour, from the "
@@ -276,10 +320,12 @@ class RankingConfig(dg.Config):
     partitions_def=model_partitions,
     deps=[all_partitions("serving_samples"), telemetry_key("model_features"),
           telemetry_key("snapshots"), telemetry_key("experiments")],
+    automation_condition=automation.ONCE,
     description="The features that explain the model's prediction anomaly, ranked: features "
                 "whose hourly distribution shifted with the predictions, the share of the "
                 "prediction shift their new values account for (ablation), and importance "
-                "changes against the previous stable snapshot; or that none does.",
+                "changes against the previous stable snapshot; or that none does. Plotted: the "
+                "top features' hourly shift.",
 )
 def feature_ranking(context: dg.AssetExecutionContext, config: RankingConfig,
                     telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.MaterializeResult:
@@ -298,8 +344,8 @@ def feature_ranking(context: dg.AssetExecutionContext, config: RankingConfig,
         served = reader.serving_samples(model_id, TimeRange(last, last + _DAY), columns=["ts"])
         end = served["ts"].max().floor("h") + pd.Timedelta("1h")
     onset = pd.Timestamp(config.onset) if config.onset else end - _DAY
-    ranking = rank_features(reader, model_id, onset=onset, end=end,
-                            window=TimeRange(onset - config.baseline_days * _DAY, end))
+    window = TimeRange(onset - config.baseline_days * _DAY, end)
+    ranking = rank_features(reader, model_id, onset=onset, end=end, window=window)
     storage.write_parquet(ranking.astype({"onset": "datetime64[us, UTC]"}), STORE, model_id,
                           "ranking.parquet")
     significant = ranking[ranking["significant"]]
@@ -313,13 +359,34 @@ def feature_ranking(context: dg.AssetExecutionContext, config: RankingConfig,
     if len(ranking):
         metadata["plot"] = dg.MetadataValue.md(
             saved_png_md(storage, ranking_plot(ranking), STORE, model_id, "ranking.png"))
+        metadata["hourly_shift"] = dg.MetadataValue.md(saved_png_md(
+            storage, _hourly_shift_png(reader, model_id, ranking, window, onset), STORE, model_id,
+            "ranking_hourly_shift.png"))
     return dg.MaterializeResult(metadata=metadata)
 
 
+def _hourly_shift_png(reader: TelemetryReader, model_id: str, ranking: pd.DataFrame,
+                      window: TimeRange, onset: pd.Timestamp) -> bytes:
+    """The top ranked features' hourly series over baseline and anomaly, read for them alone
+    (bins from the two days before the onset, as the ranking places them)."""
+    from hawkeye_dagster.analysis.feature_plots import hourly_shift_plot
+    from hawkeye_dagster.analysis.feature_stats import PREDICTION
+    from hawkeye_dagster.analysis.serving_stats import lake_edges, lake_hourly_stats
+
+    top = ranking.head(SHIFT_PLOT_FEATURES)
+    features = top["feature"].tolist()
+    edges = lake_edges(reader, model_id, features, TimeRange(onset - 2 * _DAY, onset))
+    stats = lake_hourly_stats(reader, model_id, window, [*features, PREDICTION], edges)
+    return hourly_shift_plot(stats, edges, top, onset, window.end, top=SHIFT_PLOT_FEATURES)
+
+
+#: ``feature_reference`` cannot be in this job: an asset job holds assets of one partitions
+#: definition (the reference is per model); its runs compute a missing reference themselves
 feature_monitoring_job = dg.define_asset_job(
     "feature_monitoring", selection=["feature_stats", "feature_drift"],
     partitions_def=model_day_partitions,
-    description="Statistics, health checks and drift of a model's day (backfill any range).")
+    description="Statistics, health checks and drift of a model's day (backfill any range); a "
+                "model without a reference gets its default feature_reference first.")
 
 defs = dg.Definitions(
     assets=[feature_reference, feature_stats, feature_drift, feature_ranking],

@@ -23,6 +23,7 @@ from hawkeye_dagster.analysis.lineage_graph import (
     upstream_table,
 )
 from hawkeye_dagster.analysis.upstream_rca import UpstreamSettings, upstream_from_reader
+from hawkeye_dagster.assets import automation
 from hawkeye_dagster.assets.partitions import daily_partitions, incident_partitions
 from hawkeye_dagster.assets.metadata import png_md
 from hawkeye_dagster.assets.telemetry import telemetry_key
@@ -52,6 +53,7 @@ class LineageSourceConfig(dg.Config):
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"networkx", "parquet"},
     deps=[telemetry_key(t) for t in ("lineage_nodes", "lineage_edges", "features", "pipelines")],
+    automation_condition=automation.refresh("0 * * * *"),
     description="The upstream data lineage graph (lake tables, optionally merged with OpenLineage "
                 "events): node counts, and the subgraph above each feature.",
 )

@@ -1,10 +1,14 @@
-"""Markdown for the assets' metadata: tables and embedded PNG pictures."""
+"""Markdown for the assets' metadata: tables, embedded PNG pictures, and links to the
+Dagster UI's pages (at ``HAWKEYE_DAGSTER_URL``), as its routes are in Dagster 1.13:
+``/assets/<key path>?view=partitions&partition=<key>`` and ``/runs/<run id>``."""
 
 import base64
+from urllib.parse import quote, urlencode
 
 import dagster as dg
 import pandas as pd
 
+from hawkeye_dagster import settings
 from hawkeye_dagster.resources import HawkeyeStorage
 
 
@@ -23,3 +27,21 @@ def saved_png_md(storage: HawkeyeStorage, png: bytes, *parts: str) -> str:
     """Save a PNG under storage and return it embedded in markdown (alt: its file name)."""
     storage.write_bytes(png, *parts)
     return png_md(png, parts[-1])
+
+
+def asset_url(key: dg.AssetKey, partition: str | None = None) -> str:
+    """The asset's page in the UI, on ``partition`` (multi-partition keys as ``a|b``) if given."""
+    path = "/".join(quote(part, safe="") for part in key.path)
+    query = f"?{urlencode({'view': 'partitions', 'partition': partition})}" if partition else ""
+    return f"{settings.dagster_url()}/assets/{path}{query}"
+
+
+def run_url(run_id: str) -> str:
+    """A run's page in the UI."""
+    return f"{settings.dagster_url()}/runs/{run_id}"
+
+
+def md_link(text: str, url: str) -> str:
+    """A markdown link whose text cannot break a table cell or the link."""
+    shown = text.replace("|", "/").replace("[", "(").replace("]", ")")
+    return f"[{shown}]({url})"

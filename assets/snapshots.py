@@ -20,6 +20,7 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
 from hawkeye_dagster.analysis.snapshot_report import GATE_CHECKS, RECENT_INPUTS
+from hawkeye_dagster.assets import automation
 from hawkeye_dagster.assets.partitions import snapshot_partitions
 from hawkeye_dagster.assets.metadata import md_table, saved_png_md
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
@@ -112,7 +113,7 @@ def stable_history(reader: TelemetryReader, storage: HawkeyeStorage,
     kinds={"pandas", "parquet"},
     deps=[telemetry_key("snapshots"), telemetry_key("experiments"), telemetry_key("models"),
           all_partitions("serving_samples")],
-    automation_condition=dg.AutomationCondition.on_cron("0 * * * *"),
+    automation_condition=automation.refresh("0 * * * *"),
     description="Every published snapshot judged for operational stability: served 24 h "
                 "without degradation against its predecessor (log-loss/calibration on the same "
                 "hours, NaN predictions) and without a bad snapshot report.",
@@ -220,29 +221,74 @@ def snapshot_weight_diff(context: dg.AssetExecutionContext, telemetry: Telemetry
 )
 def snapshot_activations(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                          storage: HawkeyeStorage) -> dg.MaterializeResult:
-    from hawkeye_dagster.analysis.snapshot_report import activation_check, activation_summary
-
-    reader = telemetry.reader()
-    base = _baseline(storage, context.partition_key)
-    inputs = served_inputs(reader, base["model_id"], base["features"],
-                           pd.Timestamp(base["published_at"]))
-    if inputs.empty:
+    sid = context.partition_key
+    base = _baseline(storage, sid)
+    found = activation_analysis(telemetry.reader(), sid, base["model_id"], base["features"],
+                                base["artifact"], pd.Timestamp(base["published_at"]))
+    if found is None:
         summary = {"skipped": "no served inputs for the model"}
-        storage.write_json(summary, STORE, context.partition_key, "activations.json")
+        storage.write_json(summary, STORE, sid, "activations.json")
         return dg.MaterializeResult(metadata={"skipped": summary["skipped"]})
-    found = activation_check(reader, base["artifact"], inputs, base["features"],
-                             model_id=base["model_id"], snapshot_id=context.partition_key)
-    summary = activation_summary(found)
-    storage.write_json(summary, STORE, context.partition_key, "activations.json")
-    storage.write_parquet(found.nodes.astype({"shape": str}), STORE, context.partition_key,
-                          "activation_nodes.parquet")
+    summary, nodes, edges = found
+    storage.write_json(summary, STORE, sid, "activations.json")
+    storage.write_parquet(nodes, STORE, sid, "activation_nodes.parquet")
+    storage.write_parquet(edges, STORE, sid, "activation_edges.parquet")
     return dg.MaterializeResult(metadata={
-        "summary": found.summary(), "rows": found.rows, "bad_rows": found.bad_rows,
-        "bad_output_rows": found.bad_output_rows,
-        "guards": dg.MetadataValue.json(found.guards),
-        "bad_nodes": md_table(found.nodes.loc[found.nodes["bad"], ["node", "target", "nan_rows",
-                                                                   "inf_rows", "extreme_rows"]]),
+        "summary": summary["summary"], "rows": summary["rows"], "bad_rows": summary["bad_rows"],
+        "bad_output_rows": summary["bad_output_rows"],
+        "guards": dg.MetadataValue.json(summary["guards"]),
+        "bad_nodes": md_table(nodes.loc[nodes["bad"], ["node", "target", "nan_rows",
+                                                       "inf_rows", "extreme_rows"]]),
     })
+
+
+def activation_analysis(reader: TelemetryReader, snapshot_id: str, model_id: str,
+                        features: list[str], artifact: str, published_at: pd.Timestamp
+                        ) -> tuple[dict, pd.DataFrame, pd.DataFrame] | None:
+    """A snapshot run on served inputs next to its publication with every node captured: the
+    diagnosis's summary, its per-node table and the program graph's edges (``source``,
+    ``target``); ``None`` when the model served no inputs."""
+    from hawkeye_dagster.analysis.activations import model_graph
+    from hawkeye_dagster.analysis.snapshot_report import activation_check, activation_summary
+    from hawkeye_dagster.snapshot_io import load_artifact
+
+    inputs = served_inputs(reader, model_id, features, published_at)
+    if inputs.empty:
+        return None
+    found = activation_check(reader, artifact, inputs, features, model_id=model_id,
+                             snapshot_id=snapshot_id)
+    # the diagnosis keeps no edges: the program is loaded again for its graph
+    graph = model_graph(load_artifact(reader, artifact, snapshot_id=snapshot_id).module())
+    return (activation_summary(found), found.nodes.astype({"shape": str}),
+            pd.DataFrame(list(graph.edges), columns=["source", "target"]))
+
+
+def model_graph_png(snapshot_id: str, summary: dict, nodes: pd.DataFrame,
+                    edges: pd.DataFrame) -> bytes:
+    """:func:`activation_analysis`'s result drawn: the model graph with each node's statistics
+    and the walk from the responsible input feature to the bad output."""
+    from hawkeye_dagster.analysis.model_graph_plot import bad_walk, model_graph_plot
+
+    return model_graph_plot(edges, nodes, walk=bad_walk(edges, nodes, summary["path"]),
+                            features=summary["responsible_features"],
+                            title=f"snapshot {snapshot_id}: model graph on {summary['rows']} "
+                                  "served rows")
+
+
+def diagnosed_model_graph(reader: TelemetryReader, storage: HawkeyeStorage,
+                          snapshot_id: str) -> bytes | None:
+    """The model graph of a snapshot: from its stored activation analysis when its diagnostics
+    ran, else analysed now (and not stored: that is ``snapshot_activations``'s); ``None``
+    without served inputs."""
+    if storage.exists(STORE, snapshot_id, "activation_edges.parquet"):
+        found = (storage.read_json(STORE, snapshot_id, "activations.json"),
+                 *(storage.read_parquet(STORE, snapshot_id, f"activation_{t}.parquet")
+                   for t in ("nodes", "edges")))
+    else:
+        info = snapshot_info(reader, snapshot_id)
+        found = activation_analysis(reader, snapshot_id, info.model_id, info.features,
+                                    info.artifact, info.published_at)
+    return None if found is None else model_graph_png(snapshot_id, *found)
 
 
 @dg.asset(
@@ -355,7 +401,9 @@ def _analysis(storage: HawkeyeStorage, sid: str, name: str, *tables: str) -> tup
     check_specs=[dg.AssetCheckSpec(name, asset="snapshot_report", blocking=True,
                                    description=text) for name, text in GATE_CHECKS.items()],
     description="The snapshot's verdict (bad / suspect / healthy) from all its analyses, with "
-                "plots, suggested mitigations and the blocking gate checks for promotion.",
+                "plots (the model graph with each node's activation statistics and the walk "
+                "from the bad output back to the input feature), suggested mitigations and "
+                "the blocking gate checks for promotion.",
 )
 def snapshot_report(context: dg.AssetExecutionContext,
                     storage: HawkeyeStorage) -> dg.MaterializeResult:
@@ -364,7 +412,8 @@ def snapshot_report(context: dg.AssetExecutionContext,
     sid = context.partition_key
     base = _baseline(storage, sid)
     weights = storage.read_parquet(STORE, sid, "weight_diff.parquet")
-    activations, nodes = _analysis(storage, sid, "activations", "activation_nodes.parquet")
+    activations, nodes, edges = _analysis(storage, sid, "activations", "activation_nodes.parquet",
+                                          "activation_edges.parquet")
     training, metrics, partitions = _analysis(storage, sid, "training", "training_metrics.parquet",
                                               "training_partitions.parquet")
     importance_summary, importance = _analysis(storage, sid, "importance", "importance.parquet")
@@ -381,6 +430,8 @@ def snapshot_report(context: dg.AssetExecutionContext,
         images.append(saved_png_md(storage, sr.weight_change_plot(weights), STORE, sid,
                                    "weights.png"))
     if nodes is not None:
+        images.append(saved_png_md(storage, model_graph_png(sid, activations, nodes, edges),
+                                   STORE, sid, "model_graph.png"))
         images.append(saved_png_md(storage, sr.activation_range_plot(nodes), STORE, sid,
                                    "activations.png"))
     if metrics is not None and training.get("curve"):

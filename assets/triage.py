@@ -5,15 +5,19 @@ the ``triage`` command) writes its :class:`~hawkeye_dagster.incidents.Incident`
 to storage and adds its id as a partition; materializing the partition runs
 :func:`~hawkeye_dagster.triage.tree.triage` over the lake and stores the
 contract's JSON report under ``reports/<incident>.json``, with a readable
-summary and plots in the UI. A blocking check holds every report to the
-contract's JSON schema.
+summary and plots in the UI: the lineage path with its nodes' statistics, and
+the model graph of a blamed snapshot. Each step links to the asset, partition
+and run pages of the evidence it used, so the UI guides from the verdict to the
+data. A blocking check holds every report to the contract's JSON schema.
 """
 
 import dagster as dg
+import pandas as pd
 
+from hawkeye_dagster.assets.metadata import asset_url, md_link, png_md, run_url
 from hawkeye_dagster.assets.partitions import incident_partitions
-from hawkeye_dagster.assets.metadata import png_md
-from hawkeye_dagster.assets.telemetry import all_partitions
+from hawkeye_dagster.assets.snapshots import diagnosed_model_graph
+from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.incidents import INCIDENTS_DIR, REPORTS_DIR, Incident
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 
@@ -55,7 +59,9 @@ def read_report(storage: HawkeyeStorage, incident_id: str) -> dict:
     description="Root-cause report of an incident: HawkEye's decision tree from its entry "
                 "(top-line anomaly, feature alert, new snapshot, or automatic detection) down to "
                 "ranked root causes with confidences and mitigations, as the contract's JSON "
-                "(`reports/<incident>.json`) and as markdown with plots.",
+                "(`reports/<incident>.json`) and as markdown with plots (the lineage path with "
+                "its nodes' statistics, the model graph of a blamed snapshot) and links to the "
+                "evidence of each step.",
 )
 def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                     storage: HawkeyeStorage) -> dg.MaterializeResult:
@@ -68,8 +74,8 @@ def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySourc
 
     incident_id = context.partition_key
     incident = read_incident(storage, incident_id)
-    result = triage(telemetry.reader(), incident.entry, incident.window,
-                    progress=context.log.info)
+    reader = telemetry.reader()
+    result = triage(reader, incident.entry, incident.window, progress=context.log.info)
     report = result.report
     try:
         validate_report(report)
@@ -79,20 +85,103 @@ def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySourc
                                     metadata={"problem": err.message,
                                               "at": "/".join(map(str, err.absolute_path))})
     storage.write_json(report, REPORTS_DIR, f"{incident_id}.json")
+    path = result.evidence.lineage_path
+    node_stats = reader.read("lineage_node_stats", isin={"node_id": path},
+                             time_range=incident.window) if path else None
+    plots = report_plots(result.evidence, node_stats)
+    for cause in report["root_causes"]:
+        if cause["kind"] == "snapshot":
+            graph = diagnosed_model_graph(reader, storage, cause["id"])
+            if graph is not None:
+                plots[f"Model graph of {cause['id']}"] = graph
     images = {}
-    for title, png in report_plots(result.evidence).items():
+    for title, png in plots.items():
         name = title.lower().replace(" ", "_") + ".png"
         storage.write_bytes(png, REPORTS_DIR, incident_id, name)
         images[title] = png_md(png, title)
+    day = (result.evidence.onset or incident.window.end - pd.Timedelta("1ns")).strftime("%Y-%m-%d")
+    links = [_step_links(context.instance, _evidence(step, report, incident_id, day))
+             for step in report["steps"]]
     top = report["root_causes"][0] if report["root_causes"] else None
     return dg.MaterializeResult(check_results=[check], metadata={
         "verdict": report["verdict"],
         "root_cause": f"{top['kind']} {top['id']}" if top else "none",
         "confidence": dg.MetadataValue.float(top["confidence"] if top else 0.0),
-        "report": dg.MetadataValue.md(report_markdown(report, images)),
+        "report": dg.MetadataValue.md(report_markdown(
+            report, {"Evidence of each step": _evidence_table(report, links), **images})),
         "json": dg.MetadataValue.json(report),
         "path": dg.MetadataValue.path(str(storage.path(REPORTS_DIR, f"{incident_id}.json"))),
+        **_step_urls(report, links),
+        "this run": dg.MetadataValue.url(run_url(context.run_id)),
     })
+
+
+def _evidence(step: dict, report: dict, incident_id: str,
+              day: str) -> list[tuple[dg.AssetKey, str | None]]:
+    """The assets (and partitions) a step of the decision tree read or stands on: its
+    telemetry, and the project's assets that hold the same analysis for a closer look.
+
+    ``day`` is the incident's onset day, the partition of the daily evidence."""
+    models, snapshots = report["suspects"]["models"], report["suspects"]["snapshots"]
+    model = models[0] if models else None
+    key = dg.AssetKey
+    if step["step"] == "topline":
+        return [(telemetry_key("topline_metrics"), None)]
+    if step["step"] == "topline_to_models":
+        return [(telemetry_key("serving_samples"), f"{day}|{model}" if model else None),
+                (telemetry_key("models"), None)]
+    if step["step"] == "model_to_snapshots":
+        return [(telemetry_key("experiments"), None), (key("stable_snapshots"), None),
+                *((key("snapshot_report"), s) for s in snapshots)]
+    if step["step"] == "model_to_features":
+        return [(key("feature_ranking"), model), (key("feature_drift"), f"{day}|{model}")] \
+            if model else []
+    if step["step"] == "features_to_upstream":
+        upstream = [(key("upstream_root_cause"), incident_id)] \
+            if report["entry"]["kind"] == "feature_alert" else []
+        return [*upstream, (key("lineage_graph"), None),
+                (key("lineage_node_changepoints"), day)]
+    if step["step"] == "feature_alert":
+        return [(telemetry_key("feature_alerts"), None), (key("feature_stats"), None)]
+    if step["step"] == "snapshot_diagnosis":
+        snapshot = step.get("evidence", {}).get("snapshot", {}).get("snapshot_id")
+        return [(key(name), snapshot) for name in ("snapshot_report", "snapshot_activations")
+                if snapshot]
+    if step["step"] == "traffic":
+        return [(telemetry_key("experiments"), None)]
+    if step["step"] == "auto":
+        return [(telemetry_key(t), None) for t in ("topline_metrics", "feature_alerts",
+                                                   "snapshots")]
+    return []
+
+
+def _step_links(instance: dg.DagsterInstance,
+                evidence: list[tuple[dg.AssetKey, str | None]]) -> list[tuple[str, str]]:
+    """(text, URL) of each evidence asset's page, and of the run that last materialized it."""
+    links = []
+    for key, partition in evidence:
+        name = key.to_user_string() + (f" {partition}" if partition else "")
+        links.append((name, asset_url(key, partition)))
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition
+                                  else None), limit=1).records
+        if found:
+            links.append((f"its run {found[0].run_id[:8]}", run_url(found[0].run_id)))
+    return links
+
+
+def _evidence_table(report: dict, links: list[list[tuple[str, str]]]) -> str:
+    rows = ["| # | step | evidence |", "|---|---|---|"]
+    rows += [f"| {i} | {step['step']} | "
+             + (", ".join(md_link(text, url) for text, url in found) or "-") + " |"
+             for i, (step, found) in enumerate(zip(report["steps"], links), 1)]
+    return "\n".join(rows)
+
+
+def _step_urls(report: dict, links: list[list[tuple[str, str]]]) -> dict[str, dg.MetadataValue]:
+    """Each step's first evidence page as a URL entry of the metadata."""
+    return {f"step {i} {step['step']}": dg.MetadataValue.url(found[0][1])
+            for i, (step, found) in enumerate(zip(report["steps"], links), 1) if found}
 
 
 incident_report_job = dg.define_asset_job(

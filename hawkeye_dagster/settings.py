@@ -3,7 +3,10 @@
 ``HAWKEYE_LAKE`` (a lake path or URL) or ``HAWKEYE_SQL_URL`` (a SQLAlchemy
 URL) selects the telemetry source (contract section 4); with neither set the
 demo lake under ``HAWKEYE_HOME`` (default ``./data``) is used.
-``HAWKEYE_STORAGE`` overrides where the project's own outputs go.
+``HAWKEYE_STORAGE`` overrides where the project's own outputs go,
+``HAWKEYE_START_DATE`` the first day of the daily partitions (default: the
+lake's first served day), and ``HAWKEYE_DAGSTER_URL`` the webserver that the
+UI's links point at.
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ def telemetry_source() -> SourceConfig:
 def storage_root() -> Path:
     explicit = os.environ.get("HAWKEYE_STORAGE")
     return Path(explicit).expanduser().absolute() if explicit else home() / "outputs"
+
+
+def start_date() -> str | None:
+    """The first day of the daily partitions when set by hand (``YYYY-MM-DD``), else ``None``."""
+    return os.environ.get("HAWKEYE_START_DATE") or None
+
+
+def dagster_url() -> str:
+    """The Dagster webserver that links in the assets' metadata open (the demo's by default)."""
+    return (os.environ.get("HAWKEYE_DAGSTER_URL") or "http://localhost:3000").rstrip("/")
 
 
 def redact_url(url: str) -> str:

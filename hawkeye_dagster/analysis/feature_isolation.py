@@ -99,7 +99,7 @@ def isolate_features(stats: FeatureStats, reference: ReferenceProfile, window: T
     hours, in_window = stats.hours, in_window[used]
     features = [c for c in stats.columns if c != PREDICTION]
 
-    series = _series(stats, reference)                      # view -> (H, C)
+    series = view_series(stats, reference)                      # view -> (H, C)
     errors = _sampling_errors(stats, series)                 # view -> (H, C)
     col = {c: i for i, c in enumerate(stats.columns)}
     pred = {v: series[v][:, col[PREDICTION]] for v in PREDICTION_VIEWS}
@@ -142,7 +142,7 @@ def isolate_features(stats: FeatureStats, reference: ReferenceProfile, window: T
     return Isolation(features=frame, prediction=prediction, window=window, baseline=baseline)
 
 
-def _series(stats: FeatureStats, reference: ReferenceProfile) -> dict[str, np.ndarray]:
+def view_series(stats: FeatureStats, reference: ReferenceProfile) -> dict[str, np.ndarray]:
     """Hourly series per view, each (H, C); PSI is NaN for columns the reference lacks."""
     with np.errstate(invalid="ignore", divide="ignore"):
         null_fraction = stats.counts["n_null"] / stats.counts["count"]

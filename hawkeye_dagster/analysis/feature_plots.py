@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from hawkeye_dagster.analysis.feature_stats import FeatureStats, ReferenceProfile
+from hawkeye_dagster.analysis.feature_stats import PREDICTION, FeatureStats, ReferenceProfile
 
 
 def shifted_features_plot(current: FeatureStats, reference: ReferenceProfile,
@@ -46,6 +46,45 @@ def ranking_plot(ranking: pd.DataFrame, top: int = 15) -> bytes:
     return _png(figure)
 
 
+def hourly_shift_plot(stats: FeatureStats, edges: np.ndarray, ranking: pd.DataFrame,
+                      onset: pd.Timestamp, end: pd.Timestamp, top: int = 5) -> bytes:
+    """The predictions' hourly mean and, for each of the ``top`` ranked features, the hourly
+    series the ranking found shifted (its ``view``: mean, std, null fraction or PSI against the
+    hours before ``onset``), with the baseline median and the anomaly window marked.
+
+    ``stats`` covers baseline and window hours of the ranked features and ``prediction`` on
+    ``edges`` (one row per column); ``ranking`` is
+    :func:`~hawkeye_dagster.analysis.feature_ranking.rank_features`'s table.
+    """
+    # the very series the ranking judged (feature isolation's hourly views)
+    from hawkeye_dagster.analysis.feature_isolation import view_series
+
+    hours = stats.hours
+    baseline = np.asarray(hours < onset)
+    series = view_series(stats, ReferenceProfile(edges, stats.select(hours=baseline)))
+    column = {c: i for i, c in enumerate(stats.columns)}
+    shown = ranking.head(top)
+    panels = [(PREDICTION, "mean", "predictions", "tab:purple")] + [
+        (row.feature, row.view, f"{row.feature}: z {row.z:+.1f}, p {row.p_value:.2g}"
+         + (" (significant)" if row.significant else ""),
+         "tab:red" if row.significant else "tab:blue")
+        for row in shown.itertuples()]
+    figure = Figure(figsize=(16, 2.1 * len(panels) + 0.6))  # 1600 px wide at 100 dpi
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, view, title, color) in zip(axes, panels):
+        values = series[view][:, column[name]]
+        ax.plot(hours, values, lw=1.4, color=color)
+        with np.errstate(all="ignore"):
+            ax.axhline(np.nanmedian(values[baseline]), color="gray", ls="--", lw=1,
+                       label="baseline median")
+        ax.axvspan(onset, end, color="tab:red", alpha=0.1, label="anomaly window")
+        ax.set_title(title, loc="left", fontsize=12)
+        ax.set_ylabel(f"hourly {view.replace('_', ' ')}", fontsize=11)
+        ax.tick_params(labelsize=10)
+    axes[0].legend(loc="upper left", fontsize=10)
+    return _png(figure, dpi=100)
+
+
 def importance_plot(table: pd.DataFrame, top: int = 15) -> bytes:
     """Importance ratio (log scale) with its bootstrap interval for the ``top`` changed features
     of :func:`~hawkeye_dagster.analysis.ablation.importance_change`.
@@ -72,8 +111,8 @@ def importance_plot(table: pd.DataFrame, top: int = 15) -> bytes:
     return _png(figure)
 
 
-def _png(figure: Figure) -> bytes:
+def _png(figure: Figure, dpi: int = 90) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=90)
+    figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()

@@ -9,19 +9,25 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 if TYPE_CHECKING:
     from hawkeye_dagster.triage.tree import Evidence
 
 _SIZE = (9, 3.2)
+#: node statistics drawn first on the lineage path (the contract's required ones)
+_NODE_STATS = ("row_count", "null_fraction", "mean")
+#: at most this many statistics per lineage node
+_MAX_NODE_STATS = 4
 
 
-def _figure(size=_SIZE):
+def _figure(size=_SIZE, *grid: int, dpi: int = 90, **options):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=size, dpi=90)
+    return plt.subplots(*grid, figsize=size, dpi=dpi, **options)
 
 
 def _png(fig) -> bytes:
@@ -87,30 +93,53 @@ def features_plot(evidence: Evidence, top: int = 10) -> bytes | None:
     return _png(fig)
 
 
-def lineage_plot(evidence: Evidence) -> bytes | None:
-    """The lineage path from the root cause down to a feature, as a chain of boxes."""
+def lineage_plot(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> bytes | None:
+    """The lineage path from the root cause down to a feature, one row per node with its
+    statistics over time (``node_stats``: ``lineage_node_stats`` rows of the path's nodes),
+    the onset marked; 1600 px wide."""
     path = evidence.lineage_path
     if not path:
         return None
-    fig, ax = _figure((9, 0.9 * len(path) + 0.6))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.5, len(path) - 0.5)
-    ax.axis("off")
+    stats = node_stats if node_stats is not None else pd.DataFrame(
+        columns=["ts", "node_id", "stat", "value"])
+    present = set(stats["stat"])
+    names = ([n for n in _NODE_STATS if n in present]
+             + sorted(present - set(_NODE_STATS)))[:_MAX_NODE_STATS] or ["no statistics"]
+    fig, axes = _figure((16, 1.9 * len(path) + 0.8), len(path), len(names), dpi=100,
+                        sharex=True, squeeze=False)
     for i, node in enumerate(path):
-        y = len(path) - 1 - i
-        ax.text(0.5, y, node, ha="center", va="center", fontsize=9,
-                bbox={"boxstyle": "round", "fc": "tab:red" if i == 0 else "whitesmoke",
-                      "alpha": 0.3 if i == 0 else 1.0})
-        if i:
-            ax.annotate("", xy=(0.5, y + 0.25), xytext=(0.5, y + 0.75),
-                        arrowprops={"arrowstyle": "->"})
-    ax.set_title("lineage: root cause -> feature")
+        role = " (root cause)" if i == 0 else (" (feature)" if i == len(path) - 1 else "")
+        mine = stats[stats["node_id"] == node]
+        for j, (ax, name) in enumerate(zip(axes[i], names)):
+            series = mine[mine["stat"] == name].sort_values("ts")
+            if len(series):
+                ax.plot(series["ts"], series["value"], lw=1.2,
+                        color="tab:red" if i == 0 else "tab:blue")
+            else:
+                ax.text(0.5, 0.5, "no statistics", transform=ax.transAxes, ha="center",
+                        va="center", color="gray", fontsize=11)
+            _mark_incident(ax, evidence)
+            ax.tick_params(labelsize=10)
+            if i == 0:
+                ax.set_title(name.replace("_", " "), fontsize=12)
+            if j == 0:
+                ax.set_ylabel(f"{i + 1}. {node}{role}", fontsize=11, rotation=0, ha="right",
+                              va="center",
+                              color="tab:red" if i == 0 else "black")
+    import matplotlib.dates as mdates
+
+    for ax in axes[-1]:
+        locator = mdates.AutoDateLocator(maxticks=5)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    fig.suptitle("lineage: root cause -> feature, with each node's statistics", fontsize=13)
     return _png(fig)
 
 
-def report_plots(evidence: Evidence) -> dict[str, bytes]:
-    """Every plot the evidence allows, by title."""
+def report_plots(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> dict[str, bytes]:
+    """Every plot the evidence allows, by title (``node_stats``: see :func:`lineage_plot`)."""
     plots = {"Top line": topline_plot(evidence),
              "Model quality by snapshot": quality_plot(evidence),
-             "Feature shifts": features_plot(evidence), "Lineage path": lineage_plot(evidence)}
+             "Feature shifts": features_plot(evidence),
+             "Lineage path": lineage_plot(evidence, node_stats)}
     return {title: png for title, png in plots.items() if png is not None}
