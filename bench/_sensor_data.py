@@ -31,6 +31,15 @@ def alert_lake(lake: Path, history: int, n_nodes: int, rng) -> np.ndarray:
     """
     tables = lineage_tables(n_nodes, 3 * n_nodes)
     tables["pipelines"] = pd.DataFrame(columns=["pipeline_id", "orchestrator", "target"])
+    # the contract's model tables, empty: no model consumes these features
+    tables["model_features"] = pd.DataFrame({"model_id": pd.Series(dtype=str),
+                                             "position": pd.Series(dtype="int32"),
+                                             "feature_name": pd.Series(dtype=str)})
+    tables["training_runs"] = pd.DataFrame({
+        "training_run_id": pd.Series(dtype=str), "model_id": pd.Series(dtype=str),
+        "dataset_id": pd.Series(dtype=str), "partitions": pd.Series(dtype=object),
+        "started_at": pd.Series(dtype="datetime64[us, UTC]"),
+        "finished_at": pd.Series(dtype="datetime64[us, UTC]")})
     for name, frame in tables.items():
         (lake / name).mkdir(parents=True)
         frame.to_parquet(lake / name / "part-0.parquet", index=False)

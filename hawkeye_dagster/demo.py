@@ -2,22 +2,31 @@
 
 ``hawkeye-dagster demo`` needs no configuration: it writes the demo lake under
 ``HAWKEYE_HOME`` once, points a local ``DAGSTER_HOME`` (SQLite, runs queued two
-at a time so SQLite does not lock) at it and starts ``dagster dev`` with the
-project's sensors running. ``--headless`` does the diagnostics in-process and
-prints what it found.
+at a time so SQLite does not lock) at it and runs ``dagster dev`` with the
+project's sensors running, as a child in a process group of its own: Ctrl-C
+or SIGTERM is passed to that whole group, which gets :data:`STOP_GRACE_S` to
+shut down before it is killed (``dagster dev`` alone takes over a minute to
+honour one), so the demo stops promptly and leaves no process behind.
+``--headless`` does the diagnostics in-process and prints what it found.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from hawkeye_dagster import settings
 
 DEMO_SEED = 0
+DEFAULT_PORT = 3000
+#: how long ``dagster dev`` and its processes get to stop after Ctrl-C/SIGTERM before SIGKILL
+STOP_GRACE_S = 5.0
 DAGSTER_YAML = """\
 # The demo's Dagster instance: SQLite storage under this folder. Runs are
 # queued and run two at a time, which SQLite's single writer tolerates; use
@@ -62,7 +71,8 @@ def _workspace_args() -> list[str]:
     return ["-m", "hawkeye_dagster.definitions"]
 
 
-def run_demo(*, headless: bool, progress: Callable[[str], None]) -> int:
+def run_demo(*, headless: bool, progress: Callable[[str], None],
+             port: int = DEFAULT_PORT) -> int:
     lake = ensure_demo_lake(progress)
     os.environ["HAWKEYE_LAKE"] = str(lake)
     os.environ.pop("HAWKEYE_SQL_URL", None)
@@ -76,8 +86,56 @@ def run_demo(*, headless: bool, progress: Callable[[str], None]) -> int:
     dagster = str(beside) if beside.exists() else shutil.which("dagster")
     if dagster is None:
         raise RuntimeError("the `dagster` command is not on PATH; install the project first")
+    # the lake's models (and training partitions) exist before the first sensor tick, so the
+    # UI's backfill dialog offers every model at once
+    import dagster as dg
+
+    from hawkeye_dagster.backfill import register_lake
+    from hawkeye_dagster.lake.open import open_lake
+
+    with dg.DagsterInstance.get() as instance:
+        register_lake(instance, open_lake(lake=str(lake)))
     # the pause/resume jobs act on the demo_pipelines location through this webserver
-    os.environ.setdefault("HAWKEYE_DAGSTER_URL", "http://localhost:3000")
+    os.environ.setdefault("HAWKEYE_DAGSTER_URL", f"http://localhost:{port}")
     progress(f"starting dagster dev (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
-             "open http://localhost:3000")
-    os.execv(dagster, [dagster, "dev", *_workspace_args()])
+             f"open http://localhost:{port}")
+    return supervise([dagster, "dev", "-p", str(port), *_workspace_args()], progress)
+
+
+def supervise(argv: list[str], progress: Callable[[str], None]) -> int:
+    """Run ``argv`` as a child leading a process group of its own until it exits.
+
+    A SIGINT or SIGTERM received here is passed to the whole group; the group is
+    SIGKILLed :data:`STOP_GRACE_S` after the first, and whatever of it outlives the child
+    is killed too. Returns 0 when stopped that way, else the child's exit status.
+    """
+    child = subprocess.Popen(argv, process_group=0)
+    stop_asked: list[float] = []
+
+    def forward(signum: int, _frame) -> None:
+        if not stop_asked:
+            progress(f"stopping dagster dev (at most {STOP_GRACE_S:.0f} s)")
+        stop_asked.append(time.monotonic())
+        _signal_group(child.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                status = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_asked and time.monotonic() - stop_asked[0] > STOP_GRACE_S:
+                    _signal_group(child.pid, signal.SIGKILL)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _signal_group(child.pid, signal.SIGKILL)
+    return 0 if stop_asked else status
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass  # the group is gone already

@@ -8,11 +8,15 @@ which the features assets write as Parquet files under storage
 SQL lake the rows past a ``ts`` watermark). Alerts on features that share an
 upstream node and fire close together become one incident (one ``incident``
 partition, one run of the upstream analysis and the incident report, keyed
-by the incident id so nothing runs twice); alerts that join an incident
-opened in an earlier tick are folded into it. On its first tick the sensor
-investigates only the last day of alerts (the rest is history). For the
-models that consume the features, the training-partition checks of their
-latest training data are launched too.
+by the incident id so nothing runs twice, its incident file written once);
+alerts that join an incident opened in an earlier tick are folded into it.
+On its first tick the sensor investigates only the alerts of the last day
+before the newest one worth investigating (the rest is history; info alerts
+after an incident do not hide it). For the models that consume the
+features, the training-partition checks of their latest training data are
+launched too. The sensor targets those assets (``asset_selection``): each
+run request selects the incident's assets or one training partition's
+checks, which Dagster runs as its implicit asset job.
 """
 
 import json
@@ -26,13 +30,13 @@ import pandas as pd
 from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader, related_groups
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
 from hawkeye_dagster.assets.partitions import incident_partitions, training_partition_partitions
-from hawkeye_dagster.assets.triage import write_incident
 from hawkeye_dagster.contract import SEVERITIES, TABLES
 from hawkeye_dagster.incidents import Incident
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.lake.tail import ITEM, TailCursor, unread_rows
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.sensors import open_incident
 
 ALERTS = TABLES["feature_alerts"]
 #: storage folder of the project's own failed feature health checks (Parquet, contract shape):
@@ -42,8 +46,8 @@ HEALTH_ALERTS_DIR = ALERTS.name
 MIN_SEVERITY = "warning"
 #: alerts on related features at most this far apart are one incident
 BURST = pd.Timedelta(hours=6)
-#: on its first tick the sensor investigates alerts this recent (before the newest) only;
-#: older ones are history
+#: on its first tick the sensor investigates alerts this recent (before the newest severe
+#: alert on a known feature) only; older ones are history
 INITIAL_LOOKBACK = pd.Timedelta(days=1)
 #: how far back the incident's triage window reaches from its last alert
 LOOKBACK = pd.Timedelta(days=7)
@@ -92,6 +96,7 @@ def lineage_graph_for(telemetry: TelemetrySource) -> nx.DiGraph:
 
 @dg.sensor(
     name="feature_alert_sensor", minimum_interval_seconds=60,
+    asset_selection=[*INCIDENT_ASSETS, TRAINING_CHECKS],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Opens an incident per burst of related feature alerts (the lake's "
                 "`feature_alerts` and failed feature health checks) and launches its upstream "
@@ -114,32 +119,29 @@ def feature_alert_sensor(context: dg.SensorEvaluationContext, telemetry: Telemet
         context.log.warning(f"alert on {row.feature_name!r}, a feature the lake does not know")
     newest = alerts["ts"].max()
     cursor.open = [o for o in cursor.open if pd.Timestamp(o["last"]) >= newest - BURST]
-    recent = alerts["ts"] >= newest - INITIAL_LOOKBACK if context.cursor is None else True
-    alerts = alerts[severe & known & recent].sort_values("ts", ignore_index=True)
+    alerts = alerts[severe & known].sort_values("ts", ignore_index=True)
+    if context.cursor is None and len(alerts):
+        alerts = alerts[alerts["ts"] >= alerts["ts"].iloc[-1] - INITIAL_LOOKBACK]
     alerts = _fold_into_open(graph, alerts, cursor.open, context)
     if alerts.empty:
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"{(~severe).sum()} info alert(s), {(~known).sum()} on unknown features, "
             "the rest history (first tick) or joined open incidents"), cursor=cursor.dump())
 
-    present = [k for k in (*INCIDENT_ASSETS, TRAINING_CHECKS) if _has_asset(context, k)]
     incidents, requests, partitions = [], [], []
     for _, burst in alerts.groupby(related_groups(graph, alerts, BURST)):
-        incident = _incident(burst)
-        incidents.append(write_incident(storage, incident))
-        cursor.open.append({"incident": incident.incident_id,
+        incident_id = open_incident(storage, _incident(burst))
+        incidents.append(incident_id)
+        cursor.open.append({"incident": incident_id,
                             "features": sorted(burst["feature_name"].unique()),
                             "last": burst["ts"].max().isoformat()})
-        selected = [k for k in INCIDENT_ASSETS if k in present]
-        if selected:
-            requests.append(dg.RunRequest(run_key=incident.incident_id, asset_selection=selected,
-                                          partition_key=incident.incident_id,
-                                          tags={"hawkeye/entry": "feature_alert"}))
-        if TRAINING_CHECKS in present:
-            keys = _training_partitions(telemetry, burst["feature_name"].unique())
-            partitions += keys
-            requests += [dg.RunRequest(run_key=f"{incident.incident_id}:{key}", partition_key=key,
-                                       asset_selection=[TRAINING_CHECKS]) for key in keys]
+        requests.append(dg.RunRequest(run_key=incident_id, asset_selection=list(INCIDENT_ASSETS),
+                                      partition_key=incident_id,
+                                      tags={"hawkeye/entry": "feature_alert"}))
+        keys = _training_partitions(telemetry, burst["feature_name"].unique())
+        partitions += keys
+        requests += [dg.RunRequest(run_key=f"{incident_id}:{key}", partition_key=key,
+                                   asset_selection=[TRAINING_CHECKS]) for key in keys]
     context.log.info(f"opened {len(incidents)} incident(s) from {len(alerts)} alert(s)")
     return dg.SensorResult(
         run_requests=requests, cursor=cursor.dump(),
@@ -185,11 +187,6 @@ def _training_partitions(telemetry: TelemetrySource, features) -> list[str]:
     used = latest.explode("partitions").dropna(subset=["partitions"])
     return sorted(set(partition_key(used["dataset_id"], used["partitions"])))[
         -MAX_TRAINING_PARTITIONS:]
-
-
-def _has_asset(context: dg.SensorEvaluationContext, key: dg.AssetKey) -> bool:
-    repository = context.repository_def
-    return repository is not None and repository.asset_graph.has(key)
 
 
 defs = dg.Definitions(sensors=[feature_alert_sensor])

@@ -8,9 +8,9 @@ snapshot becomes a ``snapshot`` partition and its diagnostics run is launched
 in the same tick with ``run_key`` = the snapshot id, so a snapshot is
 diagnosed once however often the sensor runs. At most :data:`MAX_PER_TICK`
 snapshots are taken per tick, oldest first; the files holding the rest stay
-unread for the next tick. On its very first tick the sensor registers the
-lake's history as partitions (to backfill from the UI) but diagnoses only the
-snapshots published in the last :data:`INITIAL_LOOKBACK` before the newest.
+unread for the next tick. A fresh instance diagnoses the lake's whole history
+that way, a burst at a time: a snapshot gets its partition only in the tick
+that launches its run, so no published snapshot is left undiagnosed.
 Artifacts are not touched here: a missing or bad one fails the run's
 ``artifact_is_valid`` check.
 
@@ -24,41 +24,37 @@ import dagster as dg
 import pandas as pd
 
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
-from hawkeye_dagster.assets.partitions import snapshot_partitions, training_partition_partitions
+from hawkeye_dagster.assets.partitions import (
+    INVALID_KEY,
+    snapshot_partitions,
+    training_partition_partitions,
+)
 from hawkeye_dagster.assets.snapshots import snapshot_diagnostics_job
 from hawkeye_dagster.lake.tail import ITEM, Tail, TailCursor, unread_rows
 from hawkeye_dagster.resources import TelemetrySource
 
 #: snapshots registered and launched per tick at most
 MAX_PER_TICK = 20
-#: on the first tick, snapshots published this long before the newest are diagnosed
-INITIAL_LOOKBACK = pd.Timedelta("1D")
 _COLUMNS = ["snapshot_id", "model_id", "published_at"]
-#: what Dagster refuses in partition keys: "..." and control characters
-_INVALID_KEY = r"\.\.\.|[\x00\x07-\x0d]|^$"
 
 
-def plan_tick(tail: Tail, known: set[str], *, first_tick: bool,
-              limit: int = MAX_PER_TICK) -> tuple[list[str], list[str], list[str], TailCursor]:
-    """Decide one tick from the unread rows: ``(register, launch, refused)`` snapshot ids and
-    the next cursor.
+def plan_tick(tail: Tail, known: set[str],
+              limit: int = MAX_PER_TICK) -> tuple[list[str], list[str], TailCursor]:
+    """Decide one tick from the unread rows: ``(launch, refused)`` snapshot ids and the next
+    cursor.
 
-    ``known`` are the unread ids that already have a partition. Items (files or SQL rows)
-    with snapshots left for later ticks stay unread.
+    ``known`` are the unread ids that already have a partition (launched before). The
+    ``limit`` oldest others are launched; items (files or SQL rows) with snapshots left for
+    later ticks stay unread.
     """
     rows = tail.rows[~tail.rows["snapshot_id"].isin(known)]
     rows = rows.sort_values(["published_at", "snapshot_id"], kind="stable")
-    invalid = rows["snapshot_id"].str.contains(_INVALID_KEY, regex=True).astype(bool)
+    invalid = rows["snapshot_id"].str.contains(INVALID_KEY, regex=True).astype(bool)
     refused = rows.loc[invalid, "snapshot_id"].unique().tolist()
     rows = rows[~invalid].drop_duplicates("snapshot_id")
-    history = pd.Series(False, index=rows.index)
-    if first_tick and len(rows):
-        history = rows["published_at"] < rows["published_at"].max() - INITIAL_LOOKBACK
-    launch = rows[~history].head(limit)
-    taken = pd.concat([rows[history], launch])
-    left = rows.drop(index=taken.index)
-    return (taken["snapshot_id"].tolist(), launch["snapshot_id"].tolist(), refused,
-            tail.advance(keep=left[ITEM]))
+    launch = rows.head(limit)
+    left = rows.drop(index=launch.index)
+    return launch["snapshot_id"].tolist(), refused, tail.advance(keep=left[ITEM])
 
 
 @dg.sensor(
@@ -73,16 +69,17 @@ def snapshot_publication_sensor(context: dg.SensorEvaluationContext, telemetry: 
                        _COLUMNS, key=["snapshot_id"])
     known = context.instance.get_existing_dynamic_partitions(
         snapshot_partitions.name, tail.rows["snapshot_id"].unique().tolist())
-    register, launch, refused, cursor = plan_tick(tail, known, first_tick=context.cursor is None)
+    launch, refused, cursor = plan_tick(tail, known)
     for snapshot_id in refused:
         context.log.warning(f"snapshot id {snapshot_id!r} cannot be a Dagster partition key "
                             "(holds '...' or a control character): not diagnosed")
-    if not register:
-        return dg.SensorResult(skip_reason=f"no new snapshots ({len(tail.rows)} unread rows, "
-                                           f"{len(known)} of them known)", cursor=cursor.dump())
+    if not launch:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"no new snapshots ({len(tail.rows)} unread rows, {len(known)} of them known)"),
+            cursor=cursor.dump())
     models = tail.rows.drop_duplicates("snapshot_id").set_index("snapshot_id")["model_id"]
     return dg.SensorResult(
-        dynamic_partitions_requests=[snapshot_partitions.build_add_request(register)],
+        dynamic_partitions_requests=[snapshot_partitions.build_add_request(launch)],
         run_requests=[dg.RunRequest(run_key=s, partition_key=s,
                                     tags={"hawkeye/model_id": str(models[s])}) for s in launch],
         cursor=cursor.dump())
@@ -101,7 +98,7 @@ def training_partition_sensor(context: dg.SensorEvaluationContext, telemetry: Te
     known = context.instance.get_existing_dynamic_partitions(
         training_partition_partitions.name, sorted(keys))
     new = pd.Series(sorted(keys - known), dtype=str)
-    new = new[~new.str.contains(_INVALID_KEY, regex=True).astype(bool)].tolist()
+    new = new[~new.str.contains(INVALID_KEY, regex=True).astype(bool)].tolist()
     if not new:
         return dg.SkipReason(f"all {len(keys)} training partitions already have partitions")
     return dg.SensorResult(

@@ -1,19 +1,26 @@
 """Opens an incident when a product's top-line metric degrades, and launches its triage.
 
-Each tick reads the top line's recent history (the scanned hours plus a
-reference week, filters pushed down to the lake), finds degraded series with
-the seasonality-aware detector (:mod:`hawkeye_dagster.analysis.topline`;
+Each tick scans the stretches of the top line it has not scanned yet
+(:data:`SCAN` long, one per :data:`STEP`, each with the reference week before
+it; filters pushed down to the lake), finds degraded series with the
+seasonality-aware detector (:mod:`hawkeye_dagster.analysis.topline`;
 ``*_lower_is_better`` metrics degrade upwards), and opens one incident per
 degraded product segment: an ``incident`` partition and a run of the
-``incident_report`` with ``run_key`` = the incident id. A segment still (or
-again, within :data:`SAME_INCIDENT`) degraded from an incident opened
-earlier does not open another. The cursor holds the newest top-line
-timestamp seen and, per open incident, when it was last seen degraded.
+``incident_report`` with ``run_key`` = the incident id. Once caught up, a
+tick scans the last :data:`SCAN` up to the newest data. A fresh instance
+starts at the beginning of the lake's history, so every past degradation is
+opened as a live sensor would have opened it then (its triage window ends
+where that stretch ended); the history is spread over ticks when long. A
+segment still (or again, within :data:`SAME_INCIDENT`) degraded from an
+incident opened earlier does not open another. The cursor holds the end of
+the stretch scanned last and, per open incident, when it was last seen
+degraded.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -21,26 +28,34 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.topline import detect_topline_anomalies
 from hawkeye_dagster.assets.partitions import incident_partitions
-from hawkeye_dagster.assets.triage import incident_report_job, write_incident
+from hawkeye_dagster.assets.triage import incident_report_job
 from hawkeye_dagster.incidents import Incident
 from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.sensors import open_incident
 
-#: the most recent stretch of the top line scanned for a new degradation
+#: the stretch of the top line scanned at once for a new degradation
 SCAN = pd.Timedelta("2D")
+#: history is scanned in stretches this far apart
+STEP = pd.Timedelta("1D")
 #: history before the scanned stretch that it is compared with
 REFERENCE = pd.Timedelta("7D")
+#: the history a stretch needs before it: with the detector's own minimum (2 days) a first
+#: weekend reads as a degradation, and a week would miss the incidents of the first week
+MIN_HISTORY = pd.Timedelta("4D")
 #: a segment degraded again within this of its open incident's last degraded hour continues it
 SAME_INCIDENT = pd.Timedelta("1D")
 #: the incident's triage window starts this long before the onset
 LOOKBACK = pd.Timedelta("3D")
-#: incidents opened per tick at most, most severe first
+#: incidents opened per tick at most, most severe first; the rest are opened next tick
 MAX_PER_TICK = 5
+#: a tick stops scanning history after this long (the daemon allows a tick 60 s)
+TICK_BUDGET_S = 20.0
 
 
 @dataclass
 class ToplineCursor:
-    """The newest top-line ``ts`` evaluated and the open incident of each segment."""
+    """The end of the top-line stretch scanned last and the open incident of each segment."""
 
     latest: pd.Timestamp | None = None
     #: ``(product, segment)`` -> when its open incident was last seen degraded
@@ -59,27 +74,46 @@ class ToplineCursor:
                    {(p, s): pd.Timestamp(t) for p, s, t in data["open"]})
 
 
-def plan_incidents(anomalies: pd.DataFrame, cursor: ToplineCursor) -> list[Incident]:
+def scan_ends(scanned: pd.Timestamp | None, first: pd.Timestamp,
+              newest: pd.Timestamp) -> list[pd.Timestamp]:
+    """Where the stretches left to scan end, oldest first: one per :data:`STEP` after the
+    stretch scanned last (on a fresh start, from the first stretch with :data:`MIN_HISTORY`
+    before it) and one at the newest data; none while the history is too short."""
+    after = scanned if scanned is not None else first + MIN_HISTORY + SCAN - STEP
+    if newest < after + STEP and scanned is None:
+        return []
+    ends = list(pd.date_range(after + STEP, newest, freq=STEP))
+    return ends if ends and ends[-1] == newest else [*ends, newest]
+
+
+def plan_incidents(anomalies: pd.DataFrame, cursor: ToplineCursor, *, end: str | None = None,
+                   limit: int = MAX_PER_TICK) -> list[Incident]:
     """New incidents for degraded segments that no open incident covers (updates ``cursor``).
 
     A segment's degradation continues its open incident when it starts at
     most :data:`SAME_INCIDENT` after that incident was last seen degraded.
+    Past ``limit`` new incidents, the other new ones are left out of
+    ``cursor`` too, for a later scan of the same stretch to open. ``end`` is
+    the incidents' triage window end (``None``: up to the newest data).
     """
     incidents = []
     worst = anomalies.drop_duplicates(["product", "segment"])  # sorted by severity already
     for row in worst.itertuples():
         key = (row.product, row.segment)
         last = cursor.open.get(key)
-        cursor.open[key] = row.end if last is None else max(last, row.end)
         if last is not None and row.onset <= last + SAME_INCIDENT:
+            cursor.open[key] = max(last, row.end)
             continue
+        if len(incidents) == limit:
+            continue
+        cursor.open[key] = row.end
         incidents.append(Incident(
             entry={"kind": "topline", "product": row.product, "segment": row.segment},
-            start=(row.onset.floor("h") - LOOKBACK).isoformat(), end=None,
+            start=(row.onset.floor("h") - LOOKBACK).isoformat(), end=end,
             opened_by="topline_sensor",
             detail={"metric": row.metric, "onset": row.onset.isoformat(),
                     "relative_change": float(row.relative_change), "score": float(row.score)}))
-    return incidents[:MAX_PER_TICK]
+    return incidents
 
 
 @dg.sensor(
@@ -91,32 +125,47 @@ def plan_incidents(anomalies: pd.DataFrame, cursor: ToplineCursor) -> list[Incid
 )
 def topline_anomaly_sensor(context: dg.SensorEvaluationContext, telemetry: TelemetrySource,
                            storage: HawkeyeStorage):
+    started = time.monotonic()
     cursor = ToplineCursor.load(context.cursor)
     reader = telemetry.reader()
-    ts = reader.read("topline_metrics", columns=["ts"])["ts"]
-    if ts.empty:
-        return dg.SkipReason("topline_metrics is empty")
-    latest = ts.max()
-    if cursor.latest is not None and latest <= cursor.latest:
-        return dg.SkipReason(f"no top-line data after {cursor.latest.isoformat()}")
-    scan = TimeRange(latest - SCAN, None)
-    metrics = reader.read("topline_metrics", time_range=TimeRange(scan.start - REFERENCE, None))
-    anomalies = detect_topline_anomalies(metrics, scan)
-    cursor.latest = latest
-    cursor.open = {k: t for k, t in cursor.open.items() if t >= latest - REFERENCE}
-    incidents = plan_incidents(anomalies, cursor)
+    ts = reader.read("topline_metrics", columns=["ts"],
+                     time_range=TimeRange(cursor.latest))["ts"]
+    if ts.empty or (cursor.latest is not None and ts.max() <= cursor.latest):
+        return dg.SkipReason(f"no top-line data after {cursor.latest.isoformat()}"
+                             if cursor.latest is not None else "topline_metrics is empty")
+    newest = ts.max()
+    ends = scan_ends(cursor.latest, ts.min(), newest)
+    if not ends:
+        return dg.SkipReason(f"{newest - ts.min()} of top-line history: scanning starts with "
+                             f"{MIN_HISTORY + SCAN}")
+    incidents: list[Incident] = []
+    for end in ends:
+        live = end == newest
+        scan = TimeRange(end - SCAN, None if live else end)
+        metrics = reader.read("topline_metrics",
+                              time_range=TimeRange(scan.start - REFERENCE, scan.end))
+        cursor.open = {k: t for k, t in cursor.open.items() if t >= end - REFERENCE}
+        incidents += plan_incidents(detect_topline_anomalies(metrics, scan), cursor,
+                                    end=None if live else end.isoformat(),
+                                    limit=MAX_PER_TICK - len(incidents))
+        if len(incidents) == MAX_PER_TICK:
+            break  # this stretch may hold more: it is scanned again next tick
+        cursor.latest = end
+        if time.monotonic() - started > TICK_BUDGET_S:
+            break
     if not incidents:
-        reason = (f"{len(anomalies)} degraded series, all in open incidents" if len(anomalies)
-                  else f"no top-line series degraded in the {SCAN} up to {latest.isoformat()}")
-        return dg.SensorResult(skip_reason=reason, cursor=cursor.dump())
-    ids = [write_incident(storage, incident) for incident in incidents]
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"no new degraded segment in the top line up to {cursor.latest.isoformat()} "
+            f"({len(cursor.open)} open incident(s))"), cursor=cursor.dump())
+    ids = [open_incident(storage, incident) for incident in incidents]
     for incident in incidents:
         context.log.info(f"incident {incident.incident_id}: {incident.detail['metric']} of "
                          f"{incident.entry['product']}/{incident.entry['segment']} degraded "
                          f"from {incident.detail['onset']}")
     return dg.SensorResult(
         dynamic_partitions_requests=[incident_partitions.build_add_request(ids)],
-        run_requests=[dg.RunRequest(run_key=i, partition_key=i) for i in ids],
+        run_requests=[dg.RunRequest(run_key=i, partition_key=i,
+                                    tags={"hawkeye/entry": "topline"}) for i in ids],
         cursor=cursor.dump())
 
 

@@ -1,4 +1,8 @@
-"""The feature-alert sensor, evaluated through Dagster's sensor testing API on a real instance."""
+"""The feature-alert sensor, evaluated through Dagster's sensor testing API on a real instance.
+
+Each tick goes through ``SensorDefinition.evaluate_tick``, which resolves the run requests
+against the sensor's target as the daemon does (a bare call of the sensor function does not);
+``test_sensors_daemon.py`` runs it under the daemon itself."""
 
 from __future__ import annotations
 
@@ -56,12 +60,16 @@ def env(lake, tmp_path):
 
 
 def _tick(defs, instance, cursor=None):
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                 resources=defs.resources) as context:
-        result = feature_alert_sensor(context)
+    with dg.build_sensor_context(instance_ref=instance.get_ref(), cursor=cursor,
+                                 definitions=defs, resources=defs.resources) as context:
+        result = feature_alert_sensor.evaluate_tick(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
+
+
+def _incident_runs(result) -> list[dg.RunRequest]:
+    return [r for r in result.run_requests if dg.AssetKey("incident_report") in r.asset_selection]
 
 
 def test_a_burst_becomes_one_incident_and_runs_once(env):
@@ -84,7 +92,7 @@ def test_a_burst_becomes_one_incident_and_runs_once(env):
     assert len(burst["detail"]["alerts"]) == 2
     assert burst["end"] == "2026-10-11T09:00:00+00:00"
 
-    incident_runs = [r for r in first.run_requests if r.partition_key in incidents]
+    incident_runs = _incident_runs(first)
     assert sorted(r.run_key for r in incident_runs) == sorted(incidents)
     assert all(set(r.asset_selection) == {dg.AssetKey("upstream_root_cause"),
                                           dg.AssetKey("incident_report")} for r in incident_runs)
@@ -92,11 +100,17 @@ def test_a_burst_becomes_one_incident_and_runs_once(env):
     assert training == ["d1/2026-10-08", "d1/2026-10-09", "d2/2026-10-07"]   # latest runs only
     assert set(instance.get_dynamic_partitions(training_partition_partitions.name)) == set(training)
 
+    assert {r.job_name for r in first.run_requests} == {"__ASSET_JOB"}
+
     again = _tick(defs, instance, first.cursor)
-    assert not again.run_requests and "no new feature alerts" in again.skip_reason.skip_message
-    # the same alerts read again (a lost cursor) give the same run keys: Dagster runs them once
+    assert not again.run_requests and "no new feature alerts" in again.skip_message
+    # the same alerts read again (a lost cursor) give the same run keys: Dagster runs them once,
+    # and the incident files are not written again
+    written = {p: p.stat().st_mtime_ns for p in resources["storage"].path(INCIDENTS_DIR, "x")
+               .parent.glob("*.json")}
     assert {r.run_key for r in _tick(defs, instance).run_requests} == {
         r.run_key for r in first.run_requests}
+    assert {p: p.stat().st_mtime_ns for p in written} == written
 
 
 def test_later_alerts_join_an_open_incident_or_open_a_new_one(env):
@@ -108,16 +122,25 @@ def test_later_alerts_join_an_open_incident_or_open_a_new_one(env):
     feature_alerts._graphs.clear()                          # a restarted code server
     write_table(_alerts(("2026-10-11 09:00", "f2", "warning")), lake / "feature_alerts", "b.parquet")
     joined = _tick(defs, instance, cursor)
-    assert not joined.run_requests and "joined open incidents" in joined.skip_reason.skip_message
+    assert not joined.run_requests and "joined open incidents" in joined.skip_message
 
     write_table(_alerts(("2026-10-13 09:00", "f2", "critical")), lake / "feature_alerts", "c.parquet")
     later = _tick(defs, instance, joined.cursor)
-    opened = [r for r in later.run_requests if r.asset_selection and
-              dg.AssetKey("incident_report") in r.asset_selection]
+    opened = _incident_runs(later)
     assert len(opened) == 1 and opened[0].run_key not in {r.run_key for r in first.run_requests}
     assert len(instance.get_dynamic_partitions(incident_partitions.name)) == 2
     assert AlertCursor.parse(later.cursor).tails["lake"]["recent"] == [  # near the watermark
         "a.parquet", "b.parquet", "c.parquet"]
+
+
+def test_the_first_tick_is_not_fooled_by_info_alerts_after_an_incident(env):
+    """History is what precedes the newest alert worth investigating, not the newest alert."""
+    lake, defs, instance, _ = env
+    write_table(_alerts(("2026-10-11 07:00", "f1", "critical"), ("2026-10-01 07:00", "f2", "warning"),
+                        ("2026-10-16 07:00", "f3", "info")), lake / "feature_alerts")
+    [request] = _incident_runs(_tick(defs, instance))
+    assert request.partition_key in instance.get_dynamic_partitions(incident_partitions.name)
+    assert len(instance.get_dynamic_partitions(incident_partitions.name)) == 1  # f2 is history
 
 
 def test_failed_health_checks_under_storage_are_alerts_too(env):
@@ -133,15 +156,14 @@ def test_nothing_new_is_a_skip(env):
     _, defs, instance, _ = env
     result = _tick(defs, instance)
     assert not result.run_requests
-    assert "no new feature alerts" in result.skip_reason.skip_message
+    assert "no new feature alerts" in result.skip_message
 
 
 def test_the_launched_upstream_analysis_finds_the_source(env):
     lake, defs, instance, resources = env
     write_table(_alerts(("2026-10-11 07:00", "f1", "warning"), ("2026-10-11 07:30", "f2", "warning")),
            lake / "feature_alerts")
-    request = next(r for r in _tick(defs, instance).run_requests
-                   if r.asset_selection and dg.AssetKey("upstream_root_cause") in r.asset_selection)
+    [request] = _incident_runs(_tick(defs, instance))
     result = dg.materialize([upstream_root_cause], partition_key=request.partition_key,
                             instance=instance, resources=resources)
     assert result.success
@@ -165,15 +187,15 @@ def test_a_sql_lake_is_read_past_a_ts_watermark(lake, tmp_path):
     feature_alerts._graphs.clear()
     resources = {"telemetry": TelemetrySource(sql_url=url),
                  "storage": HawkeyeStorage(root=str(tmp_path / "out"))}
-    defs = dg.Definitions(assets=[upstream_root_cause, incident_report],
+    defs = dg.Definitions(assets=[upstream_root_cause, incident_report, training_partition_checks],
                           sensors=[feature_alert_sensor], resources=resources)
     with dg.instance_for_test() as instance:
         first = _tick(defs, instance)
-        assert len(first.run_requests) == 1
+        assert len(_incident_runs(first)) == 1
         watermark = AlertCursor.parse(first.cursor).tails["lake"]["mark"]
         assert watermark == utc("2026-10-11 07:00").value
         again = _tick(defs, instance, first.cursor)        # the row at the watermark: seen
-        assert not again.run_requests and "no new feature alerts" in again.skip_reason.skip_message
+        assert not again.run_requests and "no new feature alerts" in again.skip_message
 
         engine = sa.create_engine(url)
         table = sa.Table("feature_alerts", sa.MetaData(), autoload_with=engine)
@@ -182,7 +204,7 @@ def test_a_sql_lake_is_read_past_a_ts_watermark(lake, tmp_path):
                                            "feature_name": "f3", "alert_type": "null_rate",
                                            "severity": "critical", "detail": "late"}])
         later = _tick(defs, instance, again.cursor)
-        (request,) = later.run_requests
+        (request,) = _incident_runs(later)
         spec = json.loads(resources["storage"].path(
             INCIDENTS_DIR, f"{request.partition_key}.json").read_text())
         assert spec["entry"]["features"] == {"f3": "2026-10-12T09:00:00+00:00"}

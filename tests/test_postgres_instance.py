@@ -104,7 +104,7 @@ def test_sensor_cursor_and_partitions_survive_restarts(dagster_home, tmp_path):
     home, _ = dagster_home
     lake = write_lake(tmp_path / "lake", artifacts=False)
     launched, cursor = _tick(home, lake, None)
-    assert launched == ["ranker@2"]
+    assert launched == ["ads@1", "ranker@1", "ranker@2"]  # the history too, oldest first
     for i in range(3):  # publications between restarts
         _append_snapshots(lake, f"batch {i}", [f"ranker@{10 + i}a", f"ranker@{10 + i}b"],
                           START + pd.Timedelta(days=2 + i))
@@ -112,7 +112,8 @@ def test_sensor_cursor_and_partitions_survive_restarts(dagster_home, tmp_path):
         launched += keys
         keys, cursor = _tick(home, lake, cursor)  # nothing new: nothing launched
         launched += keys
-    assert launched == ["ranker@2"] + [f"ranker@{10 + i}{s}" for i in range(3) for s in "ab"]
+    assert launched == ["ads@1", "ranker@1", "ranker@2"] + [
+        f"ranker@{10 + i}{s}" for i in range(3) for s in "ab"]
     with _instance(home) as instance:
         assert set(instance.get_dynamic_partitions(snapshot_partitions.name)) == {
             "ranker@1", "ranker@2", "ads@1", *launched}

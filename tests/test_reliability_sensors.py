@@ -17,31 +17,50 @@ import pytest
 from lineage_world import write_lake as write_lineage_lake
 from lineage_world import write_table
 
-from hawkeye_dagster.assets.partitions import incident_partitions, snapshot_partitions
+from hawkeye_dagster.assets.partitions import (
+    incident_partitions,
+    snapshot_partitions,
+    training_partition_partitions,
+)
+from hawkeye_dagster.assets.snapshots import SNAPSHOT_DIAGNOSTICS
 from hawkeye_dagster.incidents import INCIDENTS_DIR
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors import feature_alerts
 from hawkeye_dagster.sensors.feature_alerts import BURST, feature_alert_sensor
 from hawkeye_dagster.sensors.snapshots import MAX_PER_TICK, snapshot_publication_sensor
-from lake_factory import RANKER, START
+from lake_factory import RANKER, SNAPSHOTS, START
 from lake_factory import write_lake as write_snapshot_lake
 
 #: a sanity bound on one tick (the daemon's limit is 60 s); not a timing measurement
 TICK_LIMIT_S = 30
 
 
+# stand-ins for the other domains' assets: the alert sensor targets them by key
+@dg.asset(key="upstream_root_cause", partitions_def=incident_partitions, group_name="test")
+def upstream_root_cause():
+    return None
+
+
 @dg.asset(key="incident_report", partitions_def=incident_partitions, group_name="test")
 def incident_report():
-    """Stands in for the triage domain's asset: the alert sensor targets it by key."""
+    return None
+
+
+@dg.asset(key="training_partition_checks", partitions_def=training_partition_partitions,
+          group_name="test")
+def training_partition_checks():
+    return None
 
 
 class Daemon:
     """Applies sensor results as the Dagster daemon does: dynamic partitions are added,
     the cursor is stored, and a run key already launched is never launched again.
-    ``restart()`` forgets everything in memory except the stored cursor."""
+    ``restart()`` forgets everything in memory except the stored cursor. Ticks go through
+    ``evaluate_tick`` (run requests resolved against the sensor's target);
+    ``test_sensors_daemon.py`` has the daemon itself."""
 
     def __init__(self, instance: dg.DagsterInstance, sensor, make_resources,
-                 definitions: dg.Definitions | None = None):
+                 definitions: dg.Definitions):
         self.instance, self.sensor, self.make_resources = instance, sensor, make_resources
         self.definitions = definitions
         self.cursor: str | None = None
@@ -54,12 +73,12 @@ class Daemon:
 
     def tick(self, *, commit: bool = True):
         started = time.monotonic()
-        with dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
+        with dg.build_sensor_context(instance_ref=self.instance.get_ref(), cursor=self.cursor,
                                      resources=self.resources,
                                      definitions=self.definitions) as context:
-            result = self.sensor(context)
+            result = self.sensor.evaluate_tick(context)
         assert time.monotonic() - started < TICK_LIMIT_S
-        if commit and isinstance(result, dg.SensorResult):
+        if commit:
             for request in result.dynamic_partitions_requests or []:
                 self.instance.add_dynamic_partitions(request.partitions_def_name,
                                                      list(request.partition_keys))
@@ -88,9 +107,18 @@ def instance():
         yield instance
 
 
+def _snapshot_daemon(lake, instance) -> Daemon:
+    def resources():
+        return {"telemetry": TelemetrySource(lake=str(lake)),
+                "storage": HawkeyeStorage(root="never-written")}
+
+    defs = dg.Definitions(assets=SNAPSHOT_DIAGNOSTICS, sensors=[snapshot_publication_sensor],
+                          resources=resources())
+    return Daemon(instance, snapshot_publication_sensor, resources, defs)
+
+
 def test_snapshot_stream_with_restarts_diagnoses_each_once(snapshot_lake, instance):
-    daemon = Daemon(instance, snapshot_publication_sensor,
-                    lambda: {"telemetry": TelemetrySource(lake=str(snapshot_lake))})
+    daemon = _snapshot_daemon(snapshot_lake, instance)
     daemon.tick()
     rng = np.random.default_rng(0)
     published = []
@@ -110,13 +138,12 @@ def test_snapshot_stream_with_restarts_diagnoses_each_once(snapshot_lake, instan
             daemon.tick()
     while daemon.tick().run_requests:  # catch up with what bursts left for later ticks
         pass
-    assert sorted(daemon.run_keys) == sorted(["ranker@2", *published])
+    assert sorted(daemon.run_keys) == sorted([*SNAPSHOTS, *published])
     assert len(set(daemon.run_keys)) == len(daemon.run_keys)
 
 
 def test_burst_of_a_thousand_publications_catches_up(snapshot_lake, instance):
-    daemon = Daemon(instance, snapshot_publication_sensor,
-                    lambda: {"telemetry": TelemetrySource(lake=str(snapshot_lake))})
+    daemon = _snapshot_daemon(snapshot_lake, instance)
     daemon.tick()
     ids = [f"ranker@burst {i:04d}" for i in range(1000)]
     times = START + pd.Timedelta(days=2) + pd.to_timedelta(np.arange(1000), unit="s")
@@ -126,7 +153,7 @@ def test_burst_of_a_thousand_publications_catches_up(snapshot_lake, instance):
     while daemon.tick().run_requests:
         ticks += 1
     assert ticks == 1000 // MAX_PER_TICK
-    assert daemon.run_keys[1:] == ids  # oldest first
+    assert daemon.run_keys[len(SNAPSHOTS):] == ids  # oldest first
     assert set(instance.get_dynamic_partitions(snapshot_partitions.name)) >= set(ids)
 
 
@@ -145,8 +172,8 @@ def alert_world(tmp_path, instance):
         return {"telemetry": TelemetrySource(lake=str(lake)),
                 "storage": HawkeyeStorage(root=str(out))}
 
-    defs = dg.Definitions(assets=[incident_report], sensors=[feature_alert_sensor],
-                          resources=resources())
+    defs = dg.Definitions(assets=[upstream_root_cause, incident_report, training_partition_checks],
+                          sensors=[feature_alert_sensor], resources=resources())
     return lake, Daemon(instance, feature_alert_sensor, resources, defs), out
 
 
@@ -172,9 +199,10 @@ def test_alert_stream_with_restarts_opens_each_incident_once(alert_world):
         if i % 2:
             daemon.tick()
     daemon.tick()
-    assert len(daemon.run_keys) == 12 and len(set(daemon.run_keys)) == 12
+    incidents = [k for k in daemon.run_keys if ":" not in k]  # not training-partition checks
+    assert len(incidents) == 12 and len(set(daemon.run_keys)) == len(daemon.run_keys)
     assert _incident_alerts(out) == sorted((f, t.isoformat()) for f, t in zip(features, times))
-    assert "no new feature alerts" in daemon.tick().skip_reason.skip_message
+    assert "no new feature alerts" in daemon.tick().skip_message
 
 
 def test_ten_thousand_alerts_in_one_burst(alert_world):
@@ -193,4 +221,4 @@ def test_ten_thousand_alerts_in_one_burst(alert_world):
     assert result.run_requests
     investigated = frame[(frame["severity"] != "info") & (frame["feature_name"] != "not a feature")]
     assert len(_incident_alerts(out)) == len(investigated)
-    assert "no new feature alerts" in daemon.tick().skip_reason.skip_message
+    assert "no new feature alerts" in daemon.tick().skip_message

@@ -4,9 +4,6 @@ healthy snapshots; the slow test runs the whole thing under ``dagster dev``."""
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +15,10 @@ import requests
 
 from hawkeye_dagster.assets.snapshots import SNAPSHOT_DIAGNOSTICS, stable_snapshots
 from hawkeye_dagster.assets.training import training_partition_checks
+from hawkeye_dagster.demo import DAGSTER_YAML
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.simulate import simulate
+import dagster_process
 from lake_factory import write_lake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,12 +177,6 @@ def test_a_bad_artifact_fails_its_check_and_stops_the_diagnosis(tmp_path, damage
     assert result.asset_materializations_for_node("snapshot_weight_diff") == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     response = requests.post(f"http://127.0.0.1:{port}/graphql",
                              json={"query": query, "variables": variables or {}}, timeout=30)
@@ -193,13 +186,19 @@ def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
 
 _RUNS = """query($key: String!) { runsOrError(filter: {tags: [{key: "dagster/run_key", value: $key}]})
   { ... on Runs { results { runId status tags { key value } } } } }"""
+_ALL_RUNS = """{ runsOrError(limit: 1000)
+  { ... on Runs { results { status pipelineName tags { key value } } } } }"""
 _REPORT = """query($key: String!) { assetNodes(assetKeys: [{path: ["snapshot_report"]}])
   { assetMaterializations(partitions: [$key]) { timestamp partition } } }"""
 
 
+_DONE = ("SUCCESS", "FAILURE", "CANCELED")
+
+
 @pytest.mark.slow
 def test_dagster_dev_diagnoses_a_published_snapshot(simulated, tmp_path):
-    """Under ``dagster dev`` (webserver + daemon), a snapshot appended to the lake is found by
+    """Under ``dagster dev`` (webserver + daemon, the demo's instance settings), every snapshot
+    of the lake's history is diagnosed once; then a snapshot appended to the lake is found by
     the sensor, diagnosed by the launched run, and its report is materialized."""
     source, _ = simulated("clean")
     lake = tmp_path / "lake"
@@ -208,26 +207,27 @@ def test_dagster_dev_diagnoses_a_published_snapshot(simulated, tmp_path):
     latest = snapshots.sort_values("published_at").iloc[-1]
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    port = _free_port()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    port = dagster_process.free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "HAWKEYE_LAKE": str(lake),
            "HAWKEYE_STORAGE": str(tmp_path / "out")}
-    server = subprocess.Popen(
+    server = dagster_process.start(
         [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE),
-         "-p", str(port), "-h", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+         "-p", str(port), "-h", "127.0.0.1"], env=env, cwd=REPO, log=tmp_path / "dagster.log")
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # the webserver, then the first sensor tick's runs
-            try:
-                if _graphql(port, _RUNS, {"key": latest["snapshot_id"]})["runsOrError"]["results"]:
-                    break
-            except (requests.RequestException, KeyError, TypeError):
-                pass
-            time.sleep(2)
+        dagster_process.wait_until_serving(port, server)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:  # the history, diagnosed a burst at a time
+            every = _graphql(port, _ALL_RUNS)["runsOrError"]["results"]
+            runs = [r for r in every if r["pipelineName"] == "snapshot_diagnostics"]
+            if len(runs) >= len(snapshots) and all(r["status"] in _DONE for r in every):
+                break  # and the incidents the other sensors opened are triaged
+            time.sleep(5)
         else:
-            pytest.fail("the sensor never launched the initial diagnostics")
+            pytest.fail(f"{len(runs)} of {len(snapshots)} published snapshots diagnosed")
+        keys = sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/run_key")
+                      for r in runs)
+        assert keys == sorted(snapshots["snapshot_id"])  # each once
         new_id = f"{latest['model_id']}-e2e"
         (lake / latest["artifact"]).parent.joinpath(f"{new_id}.pt2").write_bytes(
             (lake / latest["artifact"]).read_bytes())
@@ -240,7 +240,7 @@ def test_dagster_dev_diagnoses_a_published_snapshot(simulated, tmp_path):
         while time.time() < appeared + 300:
             runs = _graphql(port, _RUNS, {"key": new_id})["runsOrError"]["results"]
             status = runs[0]["status"] if runs else None
-            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            if status in _DONE:
                 break
             time.sleep(1)
         materialized = _graphql(port, _REPORT, {"key": new_id})["assetNodes"][0][
@@ -250,5 +250,4 @@ def test_dagster_dev_diagnoses_a_published_snapshot(simulated, tmp_path):
         print(f"\nsnapshot row appeared -> report materialized: {latency:.1f} s")
         assert latency < 90
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        dagster_process.stop(server)

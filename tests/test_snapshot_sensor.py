@@ -10,34 +10,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hawkeye_dagster.assets.snapshots import SNAPSHOT_DIAGNOSTICS
 from hawkeye_dagster.lake.tail import TailCursor
-from hawkeye_dagster.resources import TelemetrySource
+from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors.snapshots import (
     MAX_PER_TICK, snapshot_publication_sensor, training_partition_sensor)
 from lake_factory import DATASETS, RANKER, START, TRAIN_PARTITIONS, postgres_schema, write_lake
 
+#: the snapshots of ``write_lake``, oldest first (ties by id)
+HISTORY = ["ads@1", "ranker@1", "ranker@2"]
+
 
 class Ticker:
     """Evaluates a sensor tick after tick on a real instance, applying what the daemon would:
-    the dynamic partition requests and the cursor; remembers every run key launched."""
+    the dynamic partition requests and the cursor; remembers every run key launched. Ticks go
+    through ``evaluate_tick``, which resolves the run requests against the sensor's job."""
 
     def __init__(self, instance, telemetry: TelemetrySource, sensor=snapshot_publication_sensor):
         self.instance, self.telemetry, self.sensor = instance, telemetry, sensor
+        # the job's assets, to resolve its partitions; nothing is materialized
+        self.defs = dg.Definitions(assets=SNAPSHOT_DIAGNOSTICS, sensors=[sensor], resources={
+            "telemetry": telemetry, "storage": HawkeyeStorage(root="never-written")})
         self.cursor = None
         self.launched: list[str] = []
 
     def tick(self):
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                          resources={"telemetry": self.telemetry})
-        result = self.sensor(context)
-        if isinstance(result, dg.SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                self.instance.add_dynamic_partitions(request.partitions_def_name,
-                                                     list(request.partition_keys))
-            self.cursor = result.cursor or self.cursor
-            for run in result.run_requests or []:
-                assert run.partition_key == run.run_key
-                self.launched.append(run.run_key)
+        with dg.build_sensor_context(instance_ref=self.instance.get_ref(), cursor=self.cursor,
+                                     definitions=self.defs,
+                                     resources={"telemetry": self.telemetry}) as context:
+            result = self.sensor.evaluate_tick(context)
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(request.partitions_def_name,
+                                                 list(request.partition_keys))
+        self.cursor = result.cursor or self.cursor
+        for run in result.run_requests or []:
+            assert run.partition_key == run.run_key
+            self.launched.append(run.run_key)
         return result
 
     def partitions(self, name="snapshot") -> set[str]:
@@ -64,26 +72,37 @@ def ticker(lake):
         yield Ticker(instance, TelemetrySource(lake=str(lake)))
 
 
-def test_first_tick_registers_history_and_diagnoses_the_recent(ticker):
+def test_first_tick_diagnoses_the_whole_history_oldest_first(ticker):
     result = ticker.tick()
     # ranker@2 was published 20 h after the start; the others two days before it
     assert ticker.partitions() == {"ranker@1", "ranker@2", "ads@1"}
-    assert ticker.launched == ["ranker@2"]
-    assert result.run_requests[0].tags["hawkeye/model_id"] == RANKER
-    assert isinstance(ticker.tick(), dg.SensorResult) and ticker.launched == ["ranker@2"]
-    assert "no new snapshots" in ticker.tick().skip_reason.skip_message
+    assert ticker.launched == HISTORY
+    assert result.run_requests[-1].tags["hawkeye/model_id"] == RANKER
+    # resolved against the job's partitions, as the daemon resolves them
+    assert all(r.tags["dagster/partition"] == r.run_key for r in result.run_requests)
+    assert "no new snapshots" in ticker.tick().skip_message and ticker.launched == HISTORY
+
+
+def test_a_long_history_is_diagnosed_a_burst_per_tick(ticker, lake):
+    ticker.tick()
+    ids = [f"ranker@old-{i:02d}" for i in range(MAX_PER_TICK + 3)]
+    append_snapshots(lake, "old", ids, START - pd.Timedelta("30D"))
+    fresh = Ticker(ticker.instance, ticker.telemetry)  # a fresh cursor: the history unread
+    sizes = [len(fresh.tick().run_requests) for _ in range(3)]
+    assert sizes == [MAX_PER_TICK, 3, 0]
+    assert sorted(fresh.launched) == ids       # those launched before are not again
 
 
 def test_a_new_snapshot_is_diagnosed_once(ticker, lake):
     ticker.tick()
     append_snapshots(lake, "later", ["ranker@3"], START + pd.Timedelta("2D"))
     ticker.tick()
-    assert ticker.launched == ["ranker@2", "ranker@3"] and "ranker@3" in ticker.partitions()
+    assert ticker.launched == [*HISTORY, "ranker@3"] and "ranker@3" in ticker.partitions()
     # the same row again in another file, and more ticks: nothing is launched twice
     append_snapshots(lake, "republished", ["ranker@3"], START + pd.Timedelta("2D"))
     for _ in range(3):
         ticker.tick()
-    assert ticker.launched == ["ranker@2", "ranker@3"]
+    assert ticker.launched == [*HISTORY, "ranker@3"]
 
 
 def test_a_late_file_older_than_one_read_is_still_read(ticker, lake):
@@ -97,7 +116,7 @@ def test_a_late_file_older_than_one_read_is_still_read(ticker, lake):
     os.utime(lake / "snapshots" / "a-slow.parquet", ns=(newer - 60 * 10**9,) * 2)
     ticker.tick()
     ticker.tick()
-    assert ticker.launched == ["ranker@2", "ranker@4", "ranker@3"]
+    assert ticker.launched == [*HISTORY, "ranker@4", "ranker@3"]
 
 
 def test_a_burst_is_spread_over_ticks(ticker, lake):
@@ -112,7 +131,7 @@ def test_a_burst_is_spread_over_ticks(ticker, lake):
         read.append("burst.parquet" in TailCursor.load(ticker.cursor).recent)
     assert sizes == [MAX_PER_TICK, MAX_PER_TICK, 5, 0]
     assert read == [False, False, True, True]  # the file counts as read once all of it is taken
-    assert sorted(ticker.launched[1:]) == burst
+    assert sorted(ticker.launched[len(HISTORY):]) == burst
 
 
 def test_ids_dagster_cannot_key_are_skipped_not_fatal(ticker, lake):
@@ -134,7 +153,7 @@ def test_training_partitions_follow_the_runs(ticker):
     sensor.tick()
     assert sensor.partitions("training_partition") == {
         f"{d}/{p}" for d in DATASETS.values() for p in TRAIN_PARTITIONS}
-    assert isinstance(sensor.tick(), dg.SkipReason)
+    assert "already have partitions" in sensor.tick().skip_message
 
 
 @pytest.mark.postgres
@@ -149,15 +168,15 @@ def test_a_sql_source_is_read_from_its_watermark(lake):
         copy_lake_to_sql(open_lake(lake=str(lake)), scoped)
         ticker = Ticker(instance, TelemetrySource(sql_url=scoped))
         ticker.tick()
-        assert ticker.launched == ["ranker@2"]
-        assert isinstance(ticker.tick().skip_reason, dg.SkipReason)
+        assert ticker.launched == HISTORY
+        assert ticker.tick().skip_message
         with sa.create_engine(scoped).begin() as conn:
             conn.execute(sa.text(
                 "insert into snapshots (model_id, snapshot_id, published_at, training_run_id, "
                 "artifact) values (:m, 'ranker@3', :t, 'run 2', 'artifacts/ranker@3.pt2')"),
                 {"m": RANKER, "t": (START + pd.Timedelta("2D")).to_pydatetime()})
         ticker.tick()
-        assert ticker.launched == ["ranker@2", "ranker@3"]
+        assert ticker.launched == [*HISTORY, "ranker@3"]
 
 
 def test_a_tick_imports_no_torch(lake):

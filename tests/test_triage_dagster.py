@@ -73,15 +73,33 @@ def test_topline_sensor_opens_one_incident_per_degraded_segment(simulated, tmp_p
         assert isinstance(again, dg.SkipReason) and "no top-line data after" in again.skip_message
 
 
-def test_topline_sensor_skips_a_clean_world_and_keeps_open_incidents(simulated, tmp_path):
+def test_topline_sensor_on_a_clean_world_blames_nothing_and_then_skips(simulated, tmp_path):
+    """A fresh sensor scans the whole history. On a clean world it may open incidents for the
+    top line's own weak drifts, but the triage of each finds no root cause, and once the
+    history is scanned a tick skips."""
+    from hawkeye_dagster.lake.open import open_lake
+    from hawkeye_dagster.triage.tree import run_triage
+
     lake, _ = simulated("clean")
+    reader = open_lake(lake=str(lake))
+    newest = reader.read("topline_metrics", columns=["ts"])["ts"].max()
+    opened, cursor = [], None
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=resources(lake, tmp_path))
-        result = topline_sensors.topline_anomaly_sensor(context)
-    assert not result.run_requests
-    assert "degraded" in result.skip_reason.skip_message
-    cursor = topline_sensors.ToplineCursor.load(result.cursor)
-    assert cursor.latest is not None
+        for _ in range(30):
+            context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                              resources=resources(lake, tmp_path))
+            result = topline_sensors.topline_anomaly_sensor(context)
+            if isinstance(result, dg.SkipReason):  # nothing newer than the scanned history
+                break
+            cursor = result.cursor
+            opened += [r.partition_key for r in result.run_requests or []]
+    assert topline_sensors.ToplineCursor.load(cursor).latest == newest
+    assert "no top-line data after" in result.skip_message
+    for incident_id in opened:
+        incident = Incident.from_json(json.loads(
+            (tmp_path / INCIDENTS_DIR / f"{incident_id}.json").read_text()))
+        report = run_triage(reader, incident.entry, incident.window)
+        assert report["verdict"] != "root_cause_found", (incident_id, report["root_causes"])
 
 
 def test_plan_incidents_does_not_reopen_an_ongoing_degradation():
