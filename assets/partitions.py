@@ -10,8 +10,10 @@ UI shows no empty months before the data; ``HAWKEYE_START_DATE`` overrides it.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import sqlalchemy as sa
 
 from hawkeye_dagster import settings
@@ -68,3 +70,43 @@ snapshot_partitions = dg.DynamicPartitionsDefinition(name="snapshot")
 incident_partitions = dg.DynamicPartitionsDefinition(name="incident")
 #: keys are ``dataset_id/partition`` as in the report's ``training_partitions``
 training_partition_partitions = dg.DynamicPartitionsDefinition(name="training_partition")
+
+
+#: what Dagster refuses in partition keys: "..." and control characters
+INVALID_KEY = r"\.\.\.|[\x00\x07-\x0d]|^$"
+
+
+def lake_partition_keys(reader: TelemetryReader, incidents_dir: Path | None = None
+                        ) -> dict[str, list[str]]:
+    """The keys of every dynamic partitions definition that a lake implies, by definition name:
+    its models, published snapshots and the training partitions its runs read (keys Dagster
+    would refuse are left out), and the incidents stored in ``incidents_dir`` (opened by
+    sensors or triage: the lake alone implies none). The sensors add the same keys tick by
+    tick; a backfill registers them all at once, so no partition waits for a tick."""
+    from hawkeye_dagster.analysis.training_diagnosis import partition_key
+
+    runs = reader.read("training_runs", columns=["dataset_id", "partitions"])
+    read = runs.explode("partitions").dropna()
+    keys = {
+        model_partitions.name: reader.read("models", columns=["model_id"])["model_id"],
+        snapshot_partitions.name: reader.read("snapshots", columns=["snapshot_id"])["snapshot_id"],
+        training_partition_partitions.name: partition_key(read["dataset_id"], read["partitions"]),
+        incident_partitions.name: pd.Series(
+            sorted(p.stem for p in incidents_dir.glob("*.json")) if incidents_dir else [],
+            dtype=str),
+    }
+    return {name: sorted(set(found[~found.str.contains(INVALID_KEY, regex=True).astype(bool)]))
+            for name, found in keys.items()}
+
+
+def register_partitions(instance: dg.DagsterInstance, keys: dict[str, list[str]]
+                        ) -> dict[str, list[str]]:
+    """Add the ``keys`` (by dynamic partitions definition name) the instance lacks; returns the
+    ones added."""
+    added = {}
+    for name, wanted in keys.items():
+        new = sorted(set(wanted) - set(instance.get_existing_dynamic_partitions(name, wanted)))
+        if new:
+            instance.add_dynamic_partitions(name, new)
+        added[name] = new
+    return added

@@ -114,10 +114,18 @@ def _cmd_triage(args: argparse.Namespace) -> int:
     return triage_command(args, progress=_progress)
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from hawkeye_dagster.backfill import backfill_command
+
+    return backfill_command(lake=args.lake, sql_url=args.sql, start=args.start, end=args.end,
+                            models=args.models, assets=args.assets, wait_done=args.wait,
+                            register_only=args.register_only, progress=_progress)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hawkeye_dagster.demo import run_demo
 
-    return run_demo(headless=args.headless, progress=_progress)
+    return run_demo(headless=args.headless, port=args.port, progress=_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,9 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--json", action="store_true", help="print the report as JSON")
     tri.set_defaults(run=_cmd_triage)
 
+    from hawkeye_dagster.backfill import GROUPS, parse_day
+
+    bf = sub.add_parser("backfill", help="rerun a range of days as a Dagster asset backfill",
+                        description="Register the lake's partitions and launch an asset "
+                                    "backfill on DAGSTER_HOME (shown on the UI's Backfills "
+                                    "page, run by the daemon). Exit 0 when launched (with "
+                                    "--wait: all succeeded), 1 if a partition failed, 2 for "
+                                    "bad input.")
+    _add_source(bf)
+    bf.add_argument("--start", type=parse_day, metavar="D", help="first day (YYYY-MM-DD)")
+    bf.add_argument("--end", type=parse_day, metavar="D", help="last day (YYYY-MM-DD)")
+    bf.add_argument("--models", nargs="+", metavar="MODEL", help="default: every model")
+    bf.add_argument("--assets", default="all", choices=(*GROUPS, "all"),
+                    help="snapshots: every snapshot published in the range")
+    bf.add_argument("--wait", action="store_true",
+                    help="until done; executes it here when no daemon is running")
+    bf.add_argument("--register-only", action="store_true",
+                    help="only register the lake's partitions")
+    bf.set_defaults(run=_cmd_backfill)
+
     demo = sub.add_parser("demo", help="generate the demo lake (once) and start Dagster on it")
     demo.add_argument("--headless", action="store_true",
                       help="run the diagnostics without the UI and print what they found")
+    from hawkeye_dagster.demo import DEFAULT_PORT
+
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT,
+                      help=f"port of the Dagster UI (default {DEFAULT_PORT})")
     demo.set_defaults(run=_cmd_demo)
     return parser
 
