@@ -4,7 +4,8 @@
 ``training_data`` as one table per model / dataset, each with its own feature
 columns); edit them and hand them to ``write_lake(root, tables)``. Ids and
 feature names carry spaces, dots, quotes, dashes and non-ASCII letters, as the
-contract allows.
+contract allows. ``write_lake(root, tables, encoding=seed)`` stores the same
+tables with any encoding freedom of the contract (see :mod:`reencode`).
 """
 
 from __future__ import annotations
@@ -168,16 +169,27 @@ def lake_tables(seed: int = 0) -> dict[str, pa.Table | dict[str, pa.Table]]:
 
 
 def write_lake(root: str | Path, tables: dict | None = None, *, files_per_partition: int = 1,
-               keys_in_files: bool = False, artifacts: bool = True) -> Path:
+               keys_in_files: bool = False, artifacts: bool = True, encoding=None) -> Path:
     """Write ``tables`` (default :func:`lake_tables`) as a lake under ``root``.
 
     Partitioned tables go to ``key=value/`` folders, split into
     ``files_per_partition`` files; partition columns stay inside the files too
     when ``keys_in_files``. Snapshot artifacts are real ``.pt2`` programs with
     each model's feature count.
+
+    ``encoding`` (a seed or a :class:`reencode.LakeEncoding`) writes the same
+    content with :func:`reencode.write_encoded` instead, the options above
+    aside; the tables must then follow the contract.
     """
     root = Path(root)
     tables = lake_tables() if tables is None else tables
+    if encoding is not None:
+        import reencode
+
+        content = logical(tables, artifacts=artifacts)
+        if isinstance(encoding, int):
+            encoding = reencode.seeded_encoding(content, encoding)
+        return reencode.write_encoded(root, content, encoding)
     for name, table in tables.items():
         keys = TABLES[name].partition_keys
         pieces = table.values() if isinstance(table, dict) else [table]
@@ -199,15 +211,34 @@ def write_lake(root: str | Path, tables: dict | None = None, *, files_per_partit
 
 
 def write_artifacts(root: Path, tables: dict) -> None:
+    programs = artifact_bytes(tables)
+    for sid, artifact in zip(tables["snapshots"]["snapshot_id"].to_pylist(),
+                             tables["snapshots"]["artifact"].to_pylist()):
+        path = root / artifact
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(programs[sid])
+
+
+def artifact_bytes(tables: dict) -> dict[str, bytes]:
+    """Each snapshot's ``.pt2`` program by snapshot id, with its model's feature count and task."""
     models = tables["models"]
     tasks = dict(zip(models["model_id"].to_pylist(), models["task"].to_pylist()))
     features = tables["model_features"].to_pandas().groupby("model_id").size()
     snapshots = tables["snapshots"]
-    for model_id, artifact in zip(snapshots["model_id"].to_pylist(),
-                                  snapshots["artifact"].to_pylist()):
-        path = root / artifact
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(snapshot_bytes(int(features[model_id]), tasks[model_id]))
+    return {sid: snapshot_bytes(int(features[model_id]), tasks[model_id])
+            for sid, model_id in zip(snapshots["snapshot_id"].to_pylist(),
+                                     snapshots["model_id"].to_pylist())}
+
+
+def logical(tables: dict, *, artifacts: bool = True):
+    """``tables`` as :class:`reencode.Logical` content (with their artifacts' bytes)."""
+    import reencode
+
+    content = {name: reencode.partitions(TABLES[name], list(t.values()) if isinstance(t, dict)
+                                         else [t])
+               for name, t in tables.items()}
+    programs = artifact_bytes(tables) if artifacts and "snapshots" in tables else {}
+    return reencode.Logical(content, programs)
 
 
 def _write(folder: Path, table: pa.Table, n_files: int) -> None:
@@ -254,13 +285,28 @@ def sql_copy(lake, backend: str, tmp_dir: Path):
     """A :class:`~hawkeye_dagster.lake.sql.SqlLake` holding a copy of ``lake``: in a SQLite
     file under ``tmp_dir`` (``backend="sqlite"``) or in a fresh PostgreSQL schema."""
     from hawkeye_dagster.lake.sql import SqlLake
+
+    with _copied(lake, backend, tmp_dir) as (url, schema):
+        yield SqlLake(url, schema=schema)
+
+
+@contextlib.contextmanager
+def sql_url_copy(lake, backend: str, tmp_dir: Path):
+    """Like :func:`sql_copy`, but the SQLAlchemy URL of the copy, as ``--sql`` and
+    ``TelemetrySource(sql_url=...)`` take it (PostgreSQL: the schema as the search path)."""
+    with _copied(lake, backend, tmp_dir) as (url, schema):
+        yield url if schema is None else f"{url}?options={quote(f'-csearch_path={schema}')}"
+
+
+@contextlib.contextmanager
+def _copied(lake, backend: str, tmp_dir: Path):
     from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_dir}/lake.db"
         copy_lake_to_sql(lake, url)
-        yield SqlLake(url)
+        yield url, None
         return
     with postgres_schema() as (url, schema):
         copy_lake_to_sql(lake, url, schema=schema)
-        yield SqlLake(url, schema=schema)
+        yield url, schema
