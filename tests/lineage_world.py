@@ -100,3 +100,23 @@ def write_lake(root, tables: dict[str, pd.DataFrame] | None = None) -> None:
 def write_table(frame: pd.DataFrame, folder, name: str = "part-0.parquet") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(folder / name, index=False)
+
+
+def open_traced_incident(storage, resources: dict, instance) -> str:
+    """An incident on f1 and f2, stored and traced upstream (to s1) by materializing
+    ``upstream_root_cause`` on ``instance``; returns its id."""
+    import dagster as dg
+
+    from hawkeye_dagster.assets.lineage import upstream_root_cause
+    from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
+
+    incident = Incident(entry={"kind": "feature_alert", "feature": "f1",
+                               "features": {"f1": "2026-10-11T07:00:00+00:00",
+                                            "f2": "2026-10-11T07:00:00+00:00"}},
+                        start="2026-10-04T08:00:00+00:00", end="2026-10-11T08:00:00+00:00")
+    key = incident.incident_id
+    storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{key}.json")
+    instance.add_dynamic_partitions("incident", [key])
+    assert dg.materialize([upstream_root_cause], partition_key=key, instance=instance,
+                          resources=resources).success
+    return key

@@ -26,11 +26,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from lineage_world import lineage_tables, write_lake
+from lineage_world import lineage_tables, open_traced_incident, write_lake
 
-from hawkeye_dagster.assets.lineage import upstream_root_cause
 from hawkeye_dagster.assets.mitigation import pause_upstream_pipelines_job, resume_pipelines_job
-from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
 from hawkeye_dagster.mitigation.controls import AirflowControl, ControlError
 from hawkeye_dagster.resources import HawkeyeStorage, MitigationSettings, TelemetrySource
 
@@ -193,20 +191,6 @@ def lake(tmp_path_factory):
     return root
 
 
-def _open_incident(storage: HawkeyeStorage, resources: dict, instance) -> str:
-    """An incident on f1 and f2, traced upstream to s1 (as in ``test_mitigation_dagster``)."""
-    incident = Incident(entry={"kind": "feature_alert", "feature": "f1",
-                               "features": {"f1": "2026-10-11T07:00:00+00:00",
-                                            "f2": "2026-10-11T07:00:00+00:00"}},
-                        start="2026-10-04T08:00:00+00:00", end="2026-10-11T08:00:00+00:00")
-    key = incident.incident_id
-    storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{key}.json")
-    instance.add_dynamic_partitions("incident", [key])
-    assert dg.materialize([upstream_root_cause], partition_key=key, instance=instance,
-                          resources=resources).success
-    return key
-
-
 def test_pause_and_resume_real_airflow_dags(airflow, lake, tmp_path):
     airflow.cli("dags", "pause", "t1_dag")            # someone else's pause, before the incident
     before = _paused(airflow)
@@ -216,7 +200,7 @@ def test_pause_and_resume_real_airflow_dags(airflow, lake, tmp_path):
                  "mitigation": MitigationSettings(airflow_url=airflow.url, airflow_username=USER,
                                                   airflow_password=PASSWORD)}
     with dg.instance_for_test() as instance:
-        key = _open_incident(storage, resources, instance)
+        key = open_traced_incident(storage, resources, instance)
         paused = pause_upstream_pipelines_job.execute_in_process(
             run_config={"ops": {"pause_upstream_pipelines": {"config": {
                 "incident": key, "dry_run": False, "actor": "on-call"}}}},

@@ -113,12 +113,9 @@ def test_the_start_date_can_still_be_set(simulated, tmp_path):
 def test_feature_stats_materialize_without_a_reference(simulated, tmp_path):
     lake, truth = simulated("transform_change")
     model, day = "mp_value", truth["incidents"][0]["onset"][:10]
-    resources = {"telemetry": TelemetrySource(lake=str(lake)),
-                 "storage": HawkeyeStorage(root=str(tmp_path))}
+    resources = _resources(lake, tmp_path)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(model_partitions.name, [model])
-        result = dg.materialize([features.feature_stats], partition_key=f"{day}|{model}",
-                                instance=instance, resources=resources)
+        result = _materialize_stats(instance, resources, day, model)
         assert result.success
         reference = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("feature_reference"),
@@ -132,14 +129,21 @@ def test_feature_stats_materialize_without_a_reference(simulated, tmp_path):
 
 def test_a_model_that_never_served_has_no_statistics(simulated, tmp_path):
     lake, model = simulated("transform_change")[0], "no such model"
-    resources = {"telemetry": TelemetrySource(lake=str(lake)),
-                 "storage": HawkeyeStorage(root=str(tmp_path))}
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(model_partitions.name, [model])
-        result = dg.materialize([features.feature_stats], partition_key=f"2026-10-03|{model}",
-                                instance=instance, resources=resources)
+        result = _materialize_stats(instance, _resources(lake, tmp_path), "2026-10-03", model)
     assert result.success
     assert _materialization(result, "feature_stats").metadata["partitions"].value == 0
+
+
+def _resources(lake, root) -> dict:
+    return {"telemetry": TelemetrySource(lake=str(lake)), "storage": HawkeyeStorage(root=str(root))}
+
+
+def _materialize_stats(instance, resources: dict, day: str, model: str):
+    """``feature_stats`` of one (day, model) on a fresh instance: no reference materialized."""
+    instance.add_dynamic_partitions(model_partitions.name, [model])
+    return dg.materialize([features.feature_stats], partition_key=f"{day}|{model}",
+                          instance=instance, resources=resources)
 
 
 def _materialization(result, asset: str) -> dg.AssetMaterialization:

@@ -20,14 +20,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from airflow_stub import AirflowStub
-from lineage_world import lineage_tables, write_lake
+from lineage_world import lineage_tables, open_traced_incident, write_lake
 
-from hawkeye_dagster.assets.lineage import upstream_root_cause
 from hawkeye_dagster.assets.mitigation import (
     pause_upstream_pipelines_job,
     resume_pipelines_job,
 )
-from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
 from hawkeye_dagster.mitigation.controls import DagsterControl
 from hawkeye_dagster.resources import HawkeyeStorage, MitigationSettings, TelemetrySource
 
@@ -99,13 +97,6 @@ def test_pause_and_resume_through_dagster_graphql(lake, webserver, tmp_path):
         "telemetry": TelemetrySource(lake=str(lake)), "storage": storage,
         "mitigation": MitigationSettings(dagster_url=webserver, airflow_url=airflow.url,
                                          min_confidence=0.8, max_pipelines=3)}
-    incident = Incident(entry={"kind": "feature_alert", "feature": "f1",
-                               "features": {"f1": "2026-10-11T07:00:00+00:00",
-                                            "f2": "2026-10-11T07:00:00+00:00"}},
-                        start="2026-10-04T08:00:00+00:00", end="2026-10-11T08:00:00+00:00")
-    key = incident.incident_id
-    storage.write_json(incident.to_json(), INCIDENTS_DIR, f"{key}.json")
-
     def pause(**config):
         return pause_upstream_pipelines_job.execute_in_process(
             run_config={"ops": {"pause_upstream_pipelines": {"config": {"incident": key,
@@ -114,9 +105,7 @@ def test_pause_and_resume_through_dagster_graphql(lake, webserver, tmp_path):
 
     try:
         with dg.instance_for_test() as instance:
-            instance.add_dynamic_partitions("incident", [key])
-            assert dg.materialize([upstream_root_cause], partition_key=key, instance=instance,
-                                  resources=resources).success
+            key = open_traced_incident(storage, resources, instance)
 
             dry = pause().output_for_node("pause_upstream_pipelines")
             assert {r["outcome"] for r in dry} == {"dry_run"}

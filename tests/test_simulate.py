@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hawkeye_dagster.analysis.program_batches import run_program
 from hawkeye_dagster.contract import CONTRACT_VERSION, TABLES
 from hawkeye_dagster.simulate import SCALES, SCENARIOS, simulate
 from hawkeye_dagster.simulate.world import build_world
@@ -180,9 +181,10 @@ def test_artifacts_reproduce_the_logged_predictions(simulated, scenario):
         if rows.empty:
             continue
         x = torch.from_numpy(rows[columns].to_numpy(np.float32, copy=True))
-        with torch.no_grad():
-            out = program.module()(x).reshape(-1).double().numpy()
-            single = program.module()(x[:1]).reshape(-1).double().numpy()
+        module = program.module()
+        with torch.no_grad():  # bounded batch dimensions (varied encodings) run in chunks
+            out = run_program(module, x).reshape(-1).double().numpy()
+            single = run_program(module, x[:1]).reshape(-1).double().numpy()
         np.testing.assert_allclose(out, rows["prediction"], rtol=1e-5, atol=1e-6, equal_nan=True)
         np.testing.assert_allclose(single, out[:1], rtol=1e-5, equal_nan=True)
     assert all(len(names) == 1 for names in names_of_model.values()), "stable parameter names"

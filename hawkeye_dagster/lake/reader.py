@@ -121,6 +121,12 @@ class TelemetryReader(abc.ABC):
     def has_table(self, table: str) -> bool:
         return table in self.tables()
 
+    def missing_tables(self) -> list[str]:
+        """The contract's required tables that are absent, in contract order."""
+        present = self.tables()
+        return [spec.name for spec in TABLES.values()
+                if not spec.optional and spec.name not in present]
+
     def read_arrow(
         self,
         table: str,

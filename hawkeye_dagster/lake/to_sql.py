@@ -125,8 +125,11 @@ def _insert(conn: sa.Connection, table: sa.Table, piece: pa.Table) -> None:
     """Insert rows: PostgreSQL (psycopg2) through ``COPY ... FROM STDIN``, others in batches."""
     dialect = conn.dialect
     if dialect.name != "postgresql" or dialect.driver != "psycopg2":
+        # An empty parameter list would make SQLAlchemy run the INSERT once with no
+        # values, which adds a row of defaults (NULLs): empty batches are skipped.
         for batch in piece.to_batches(BATCH_ROWS):
-            conn.execute(table.insert(), batch.to_pylist())
+            if batch.num_rows:
+                conn.execute(table.insert(), batch.to_pylist())
         return
     buffer = io.BytesIO()
     csv.write_csv(piece, buffer, csv.WriteOptions(include_header=False))

@@ -65,8 +65,8 @@ def validate_lake(reader: TelemetryReader, *, check_artifacts: bool = True) -> l
     :mod:`hawkeye_dagster.snapshot_io` (safely) and checks its input width.
     """
     present = reader.tables()
-    problems = [Problem(spec.name, reader.location, None, "required table is missing")
-                for spec in TABLES.values() if spec.name not in present and not spec.optional]
+    problems = [Problem(name, reader.location, None, "required table is missing")
+                for name in reader.missing_tables()]
     parts = {name: reader.parts(name) for name in present}
     for name in sorted(present):
         for part in parts[name]:

@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 import pyarrow.compute as pc
 
-from hawkeye_dagster.contract import TABLES
 from hawkeye_dagster.errors import ContractError, UnknownIdError
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.triage.report import iso
@@ -45,9 +44,7 @@ def entry_onsets(entry: dict[str, Any]) -> dict[str, pd.Timestamp]:
 def check_tables(reader: TelemetryReader) -> None:
     """Refuse a folder without the contract's required tables, naming every one missing (a
     triage would otherwise stop at the first it reads, or find "no rows")."""
-    present = reader.tables()
-    missing = [spec.name for spec in TABLES.values()
-               if not spec.optional and spec.name not in present]
+    missing = reader.missing_tables()
     if missing:
         raise ContractError("not a telemetry lake: required tables missing: "
                             + ", ".join(map(repr, missing)),
