@@ -53,3 +53,14 @@ class LineageCycleError(ContractError):
 
 class UnknownIdError(HawkeyeError):
     """An id given on the command line (snapshot, feature, product) that the lake does not have."""
+
+
+class StorageWriteError(HawkeyeError):
+    """An output that could not be written (folder unwritable, disk full): names the output.
+
+    The file it would have replaced is left as it was, and no partial file is left beside it.
+    """
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        super().__init__(f"cannot write {path}: {reason}")

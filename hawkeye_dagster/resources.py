@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import pandas as pd
 from pydantic import PrivateAttr
 
 from hawkeye_dagster import settings
+from hawkeye_dagster.atomic import write_atomically
+from hawkeye_dagster.errors import StorageWriteError
 from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.mitigation.audit import AuditStore
 from hawkeye_dagster.mitigation.controls import AirflowControl, DagsterControl, PipelineControl
@@ -66,8 +67,8 @@ class TelemetrySource(dg.ConfigurableResource):
 class HawkeyeStorage(dg.ConfigurableResource):
     """A folder for the project's own outputs (statistics, reports, plots, alerts).
 
-    Writes are atomic (temp file + rename) so a failed run never leaves a
-    half-written file that a later run or sensor would read.
+    Writes are atomic (:func:`~hawkeye_dagster.atomic.write_atomically`) so a failed or
+    killed run never leaves a half-written file that a later run or sensor would read.
     """
 
     root: str
@@ -79,23 +80,17 @@ class HawkeyeStorage(dg.ConfigurableResource):
     def path(self, *parts: str) -> Path:
         """The path of an output; its parent folders are created."""
         target = self._root.joinpath(*(settings.safe_path_part(p) for p in parts))
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageWriteError(str(target), exc.strerror or str(exc)) from exc
         return target
 
     def exists(self, *parts: str) -> bool:
         return self.path(*parts).exists()
 
     def write_bytes(self, data: bytes, *parts: str) -> Path:
-        target = self.path(*parts)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_atomically(self.path(*parts), data)
 
     def write_parquet(self, frame: pd.DataFrame, *parts: str) -> Path:
         buf = io.BytesIO()

@@ -4,10 +4,15 @@ The endpoint is a local stand-in that answers the queries :class:`DagsterControl
 the shapes Dagster's GraphQL returns (the real webserver is exercised in
 ``test_mitigation_dagster.py``), and injects faults. A failed pause is retried the way a
 Dagster op retry reruns it: the same call again. What must hold: each pipeline is paused once,
-the audit trail says what happened, and resume puts back the exact state from before.
+the audit trail says what happened, and resume puts back the exact state from before. A pause
+whose process is SIGKILLed mid-way is retried the way Dagster's run retry redoes it: the same
+call in a new process.
 """
 
 import json
+import multiprocessing
+import os
+import signal
 import socket
 import threading
 import time
@@ -198,3 +203,47 @@ def test_dagster_plus_token_goes_in_its_header(stub):
     assert DagsterControl(stub.url, token="user:secret").state("s1_sensor") == "running:default"
     assert DagsterControl(stub.url).state("t1_schedule") == "running"
     assert stub.tokens == ["user:secret", None]
+
+
+class KilledControl(DagsterControl):
+    """The real control, whose process is SIGKILLed on its first pause: ``before`` asking the
+    orchestrator, or right after the orchestrator applied it (its answer never recorded)."""
+
+    def __init__(self, url: str, when: str):
+        super().__init__(url, timeout=2)
+        self.when = when
+
+    def pause(self, target: str) -> None:
+        if self.when == "after":
+            super().pause(target)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause_in_a_process_killed(stub, plan, audit_url: str, when: str) -> int:
+    def pause() -> None:
+        pause_pipelines(plan, LIVE, {"dagster": KilledControl(stub.url, when)},
+                        AuditStore(audit_url), actor="op")
+
+    child = multiprocessing.get_context("fork").Process(target=pause)
+    child.start()
+    child.join(30)
+    return child.exitcode
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_run_killed_mid_pause_leaves_a_consistent_trail_and_its_retry_pauses_once(
+        stub, plan, tmp_path, when):
+    url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    before = {t: DagsterControl(stub.url).state(t) for t in TARGETS}
+    assert _pause_in_a_process_killed(stub, plan, url, when) == -signal.SIGKILL
+    audit = AuditStore(url)
+    trail = audit.history("i1")
+    # the trail says a pause was under way, with the state before it, not that it holds
+    assert list(trail["outcome"]) == ["pausing"]
+    [target] = trail["target"]
+    assert trail["state_before"].iloc[0] == before[target]
+    assert audit.holding("i1").empty
+    assert stub.mutations == ([("stop", target)] if when == "after" else [])
+    _pause_and_resume_exactly(stub, plan, audit, DagsterControl(stub.url, timeout=2))
+    paused = audit.history("i1").query("action == 'pause' and outcome == 'paused'")
+    assert sorted(paused["target"]) == sorted(TARGETS)          # each pipeline paused once

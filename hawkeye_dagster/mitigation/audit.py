@@ -15,6 +15,11 @@ import sqlalchemy as sa
 AUDIT_TABLE = "hawkeye_pause_audit"
 #: outcomes that leave a pause in force for the incident (``recorded``: no control, paused by hand)
 HOLDING = ("paused", "recorded")
+#: the outcome written ahead of asking an orchestrator to pause: until the pause's own entry
+#: follows, the pause may or may not have been applied (the run asking was killed)
+INTENT = "pausing"
+#: outcomes of a pause attempt that may have been applied without its answer reaching us
+UNSETTLED = ("failed", INTENT)
 
 _metadata = sa.MetaData()
 _audit = sa.Table(
@@ -25,7 +30,7 @@ _audit = sa.Table(
     sa.Column("orchestrator", sa.String),
     sa.Column("target", sa.String),
     sa.Column("action", sa.String, nullable=False),        # pause | resume
-    sa.Column("outcome", sa.String, nullable=False),       # paused, recorded, dry_run, refused, ...
+    sa.Column("outcome", sa.String, nullable=False),       # pausing, paused, recorded, dry_run, ...
     sa.Column("state_before", sa.String),
     sa.Column("reason", sa.Text),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
@@ -48,6 +53,23 @@ class AuditStore:
             with self.engine.begin() as conn:
                 conn.execute(_audit.insert(), rows)
 
+    def write_ahead(self, entry: dict) -> int:
+        """Record ``entry`` as an :data:`INTENT` (before the orchestrator is asked); its row id,
+        for :meth:`settle`."""
+        row = {k: entry.get(k) for k in AUDIT_COLUMNS} | {"outcome": INTENT}
+        with self.engine.begin() as conn:
+            return conn.execute(_audit.insert().returning(_audit.c.id), row).scalar_one()
+
+    def settle(self, intent: int | None, entry: dict) -> None:
+        """``entry``'s outcome in place of the intent row ``intent`` (appended when ``None``),
+        so a pause that completed is one row, and one cut short stays an :data:`INTENT`."""
+        row = {k: entry.get(k) for k in AUDIT_COLUMNS}
+        with self.engine.begin() as conn:
+            if intent is None:
+                conn.execute(_audit.insert(), row)
+            else:
+                conn.execute(_audit.update().where(_audit.c.id == intent), row)
+
     def history(self, incident: str | None = None) -> pd.DataFrame:
         """Every entry (of one incident), oldest first, ``ts`` as UTC."""
         query = sa.select(_audit).order_by(_audit.c.id)
@@ -66,8 +88,8 @@ class AuditStore:
         return _holding(self.history(incident))
 
     def interrupted(self, incident: str) -> pd.Series:
-        """The incident's pauses that failed after the state was read: ``state_before`` by
-        ``pipeline_id``.
+        """The incident's pauses that failed, or were cut short (an :data:`INTENT` entry with
+        nothing after it), after the state was read: ``state_before`` by ``pipeline_id``.
 
         The orchestrator may have applied such a pause though its answer was lost, so a
         retry that finds the pipeline paused treats it as this incident's pause. Only the
@@ -90,7 +112,7 @@ def _holding(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def _interrupted(history: pd.DataFrame) -> pd.Series:
-    failed = (history["action"] == "pause") & (history["outcome"] == "failed")
+    failed = (history["action"] == "pause") & history["outcome"].isin(UNSETTLED)
     # per pipeline, how many entries that are not failed pauses come later: 0 = since the last
     settled = (~failed)[::-1].groupby(history["pipeline_id"][::-1]).cumsum()[::-1]
     since = history[failed & (settled == 0) & history["state_before"].notna()]

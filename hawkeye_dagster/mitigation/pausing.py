@@ -7,12 +7,16 @@ business of whoever paused it: it is recorded and never resumed by us.
 Resuming restores the exact state recorded before the pause. A pause that
 failed after the state was read (the orchestrator may have applied it and lost
 the answer) is retried as this incident's: a pipeline found paused then is
-held with the state read before the failed attempt.
+held with the state read before the failed attempt. Every pause is written ahead: a
+``pausing`` entry with the state before goes to the trail before the orchestrator is asked,
+and becomes the pipeline's outcome right after, so a run killed between the two (its pause
+applied or not) leaves a trail that its retry reads as an interrupted pause and completes
+exactly once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 
@@ -37,6 +41,7 @@ def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str,
     already paused it; nothing recorded again), ``dry_run``, ``refused``,
     ``failed`` (the orchestrator's error in ``reason``; ``state_before`` when it was read,
     so a retry that finds the pipeline paused knows the pause was applied and whose it is).
+    Each pipeline's entries are in the audit table before the next pipeline is touched.
     """
     holding, interrupted = audit.pause_state(plan.incident)
     held = set(holding["pipeline_id"])
@@ -50,6 +55,7 @@ def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str,
                  "reason": f"{reason} (root cause at {plan.cause_node}, confidence "
                            f"{plan.confidence:.2f})".lstrip()}
         control = controls.get(pipeline.orchestrator)
+        intent: list[int] = []           # the row written ahead of asking the orchestrator
         if pipeline.pipeline_id in held:
             entry |= {"outcome": "held", "reason": "already paused for this incident"}
         elif refused:
@@ -58,9 +64,12 @@ def pause_pipelines(plan: PausePlan, policy: PausePolicy, controls: Mapping[str,
             entry["outcome"] = "recorded"
             entry["reason"] += f"; no {pipeline.orchestrator} control configured: pause it by hand"
         else:
-            entry |= _pause(control, pipeline.target, interrupted.get(pipeline.pipeline_id))
+            entry |= _pause(control, pipeline.target, interrupted.get(pipeline.pipeline_id),
+                            ahead=lambda before, entry=entry, intent=intent: intent.append(
+                                audit.write_ahead(entry | {"state_before": before})))
+        if entry["outcome"] != "held":
+            audit.settle(intent[0] if intent else None, entry)
         results.append(entry)
-    audit.record(r for r in results if r["outcome"] != "held")
     return pd.DataFrame(results, columns=list(RESULT_COLUMNS))
 
 
@@ -89,13 +98,15 @@ def resume_pipelines(incident: str, controls: Mapping[str, PipelineControl], aud
     return pd.DataFrame(results, columns=list(RESULT_COLUMNS))
 
 
-def _pause(control: PipelineControl, target: str, interrupted: str | None) -> dict:
+def _pause(control: PipelineControl, target: str, interrupted: str | None,
+           ahead: Callable[[str], None]) -> dict:
     """Pause one target unless already paused; orchestrator errors become ``failed``.
 
     The state is read (and kept in ``state_before``) before the pause is tried, because a
     pause whose answer is lost may still have been applied. ``interrupted`` is the state
     before such an earlier failed pause of this incident: a target found paused then is
-    this incident's pause, not someone else's.
+    this incident's pause, not someone else's. ``ahead(state)`` writes the intent to the
+    trail just before the pause is asked for.
     """
     try:
         before = control.state(target)
@@ -107,6 +118,7 @@ def _pause(control: PipelineControl, target: str, interrupted: str | None) -> di
     if before.startswith(PAUSED):
         return {"outcome": "already_paused", "state_before": before,
                 "reason": "paused before this incident; left as it is"}
+    ahead(before)
     try:
         control.pause(target)
     except ControlError as exc:
