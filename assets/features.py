@@ -34,6 +34,7 @@ from hawkeye_dagster.assets.partitions import model_day_partitions, model_partit
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.run_launcher import CRASH_RETRY_TAGS
 from hawkeye_dagster.sensors.feature_alerts import HEALTH_ALERTS_DIR
 
 GROUP = "features"
@@ -384,7 +385,7 @@ def _hourly_shift_png(reader: TelemetryReader, model_id: str, ranking: pd.DataFr
 #: definition (the reference is per model); its runs compute a missing reference themselves
 feature_monitoring_job = dg.define_asset_job(
     "feature_monitoring", selection=["feature_stats", "feature_drift"],
-    partitions_def=model_day_partitions,
+    partitions_def=model_day_partitions, tags=CRASH_RETRY_TAGS,
     description="Statistics, health checks and drift of a model's day (backfill any range); a "
                 "model without a reference gets its default feature_reference first.")
 

@@ -27,6 +27,7 @@ from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.errors import BadSnapshotError, ContractError, UnknownIdError
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.run_launcher import CRASH_RETRY_TAGS
 
 GROUP = "snapshots"
 OWNERS = ["team:ml-modeling"]
@@ -458,7 +459,7 @@ SNAPSHOT_DIAGNOSTICS = [snapshot_baseline, snapshot_weight_diff, snapshot_activa
 #: in one process: the steps are seconds each, a process per step would cost more than them
 snapshot_diagnostics_job = dg.define_asset_job(
     "snapshot_diagnostics", selection=SNAPSHOT_DIAGNOSTICS, partitions_def=snapshot_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=dg.in_process_executor, tags=CRASH_RETRY_TAGS,
     description="Diagnose one published snapshot (launched by the publication sensor).")
 
 defs = dg.Definitions(assets=[stable_snapshots, *SNAPSHOT_DIAGNOSTICS],

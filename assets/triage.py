@@ -20,6 +20,7 @@ from hawkeye_dagster.assets.snapshots import diagnosed_model_graph
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.incidents import INCIDENTS_DIR, REPORTS_DIR, Incident
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.run_launcher import CRASH_RETRY_TAGS
 
 GROUP = "triage"
 OWNERS = ["team:ml-oncall"]
@@ -186,7 +187,7 @@ def _step_urls(report: dict, links: list[list[tuple[str, str]]]) -> dict[str, dg
 
 incident_report_job = dg.define_asset_job(
     "incident_report_job", selection=[INCIDENT_REPORT], partitions_def=incident_partitions,
-    description="Triage one incident: its report and the report's schema check.")
+    tags=CRASH_RETRY_TAGS, description="Triage one incident: its report and the report's schema check.")
 
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hawkeye_dagster import settings
+from hawkeye_dagster.atomic import write_atomically
 
 DEMO_SEED = 0
 DEFAULT_PORT = 3000
@@ -34,6 +35,22 @@ DAGSTER_YAML = """\
 concurrency:
   runs:
     max_concurrent_runs: 2
+# A run whose worker died (dagster dev killed mid-run) is marked failed and
+# retried, so every snapshot and incident is diagnosed (docs/operations.md).
+run_launcher:
+  module: hawkeye_dagster.run_launcher
+  class: MonitoredRunLauncher
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_runtime_seconds: 7200
+  poll_interval_seconds: 30
+  max_resume_run_attempts: 0
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 telemetry:
   enabled: false
 """
@@ -59,7 +76,7 @@ def ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML)
+        write_atomically(config, DAGSTER_YAML.encode())
     return home
 
 

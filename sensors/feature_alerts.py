@@ -36,6 +36,7 @@ from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.lake.tail import ITEM, TailCursor, unread_rows
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.run_launcher import CRASH_RETRY_TAGS
 from hawkeye_dagster.sensors import open_incident
 
 ALERTS = TABLES["feature_alerts"]
@@ -137,11 +138,13 @@ def feature_alert_sensor(context: dg.SensorEvaluationContext, telemetry: Telemet
                             "last": burst["ts"].max().isoformat()})
         requests.append(dg.RunRequest(run_key=incident_id, asset_selection=list(INCIDENT_ASSETS),
                                       partition_key=incident_id,
-                                      tags={"hawkeye/entry": "feature_alert"}))
+                                      tags={"hawkeye/entry": "feature_alert",
+                                            **CRASH_RETRY_TAGS}))
         keys = _training_partitions(telemetry, burst["feature_name"].unique())
         partitions += keys
         requests += [dg.RunRequest(run_key=f"{incident_id}:{key}", partition_key=key,
-                                   asset_selection=[TRAINING_CHECKS]) for key in keys]
+                                   asset_selection=[TRAINING_CHECKS], tags=CRASH_RETRY_TAGS)
+                     for key in keys]
     context.log.info(f"opened {len(incidents)} incident(s) from {len(alerts)} alert(s)")
     return dg.SensorResult(
         run_requests=requests, cursor=cursor.dump(),
