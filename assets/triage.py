@@ -197,7 +197,8 @@ def materialize_incident(defs: dg.Definitions, incident: Incident,
     definitions the UI loads); returns the report. ``instance`` defaults to an ephemeral one.
 
     Bad input met inside the run (a broken table, an unknown id) is re-raised as the
-    original :class:`~hawkeye_dagster.errors.HawkeyeError`, not Dagster's wrapper.
+    original :class:`~hawkeye_dagster.errors.HawkeyeError`, not Dagster's wrapper, and an
+    interrupted run as :class:`KeyboardInterrupt`.
     """
     storage: HawkeyeStorage = defs.resources["storage"]
     write_incident(storage, incident)
@@ -210,6 +211,9 @@ def materialize_incident(defs: dg.Definitions, incident: Incident,
                                run_config=quiet)
     except dg.DagsterUserCodeExecutionError as err:
         raise err.user_exception from None
+    except dg.DagsterExecutionInterruptedError:
+        # Dagster's own form of Ctrl-C in a run: the caller's, so its cleanup runs as usual
+        raise KeyboardInterrupt from None
     return read_report(storage, incident.incident_id)
 
 

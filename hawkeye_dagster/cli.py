@@ -1,7 +1,8 @@
 """The ``hawkeye-dagster`` command.
 
 Exit statuses follow the contract: 0 on success, 2 for bad input (with a
-one-line reason on stderr naming the table, file or column), 1 otherwise.
+one-line reason on stderr naming the table, file or column), 130 when interrupted
+(Ctrl-C: the temporary storage of a ``triage`` is removed first), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import NoReturn
 from hawkeye_dagster.errors import ContractError, HawkeyeError, UnknownIdError
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+#: the shell's status for a command ended by SIGINT (128 + 2)
+EXIT_INTERRUPTED = 130
 
 TRIAGE_EPILOG = """\
 entry:
@@ -34,6 +37,7 @@ exit status:
      inconclusive)
   2  bad input (a bad option, a missing or broken lake, an unknown id, a window
      without rows), with one line on stderr naming the option, table, file or column
+  130  interrupted (Ctrl-C); nothing temporary is left behind
   1  anything else
 """
 
@@ -219,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hawkeye-dagster: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return EXIT_ERROR
+        print("hawkeye-dagster: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
