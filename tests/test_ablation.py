@@ -7,8 +7,10 @@ import pytest
 import torch
 from captum.attr import FeatureAblation
 
+from bench.served_models import ELEMENTWISE_PREFIX, SHAPES, served_model
 from hawkeye_dagster.analysis.ablation import (
     ablation_attributions, contribution_shift, importance_change)
+from hawkeye_dagster.analysis.feature_prefix import linear_frontier
 
 torch.set_num_threads(1)
 F = 24
@@ -23,7 +25,7 @@ def _mlp(seed: int = 0, out: int = 1) -> torch.nn.Module:
 
 
 class _Scaled(torch.nn.Module):
-    """An input that is transformed before its first linear layer (no first-layer shortcut)."""
+    """An input that is transformed before its first linear layer (a per-feature prefix)."""
 
     def __init__(self):
         super().__init__()
@@ -47,7 +49,7 @@ def _captum(model, x, baselines, groups=None):
 @pytest.mark.parametrize("model", [
     _exported(_mlp(0)),            # FX graph with a first linear layer: the shortcut
     _mlp(1, out=0),                # a plain module, output [batch]
-    _exported(_Scaled()),          # FX graph whose input is transformed first
+    _exported(_Scaled()),          # FX graph whose input is transformed first: the shortcut
 ])
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("max_elements", [1 << 20, 5000])
@@ -62,6 +64,37 @@ def test_attributions_equal_captum_feature_ablation(model, grouped, max_elements
     assert ours.shape == (700, F)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     assert ours.abs().max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("max_elements", [1 << 20, 3000])
+def test_served_shapes_equal_the_plain_path_and_captum(name, grouped, max_elements):
+    served = served_model(name, n_features=None if name == "simulator_snapshot" else 40)
+    assert (linear_frontier(served.module) is not None) == (served.kind == ELEMENTWISE_PREFIX)
+    gen = torch.Generator().manual_seed(1)
+    x = served.inputs(300)
+    baselines = x.mean(dim=0) + torch.randn(served.n_features, generator=gen) * 0.1
+    groups = (torch.randint(0, 7, (served.n_features,), generator=gen) if grouped else None)
+    ours = ablation_attributions(served.module, x, baselines, groups=groups,
+                                 max_batch_elements=max_elements)
+    plain = ablation_attributions(served.eager, x, baselines, groups=groups)  # whole passes
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, _captum(served.module, x, baselines, groups),
+                               atol=1e-5, rtol=0)
+    assert ours.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("value", [1e8, 1e30])
+def test_rows_the_layer_update_cannot_take_run_whole(value):
+    served = served_model("batchnorm_mlp", n_features=30)
+    x = served.inputs(200)
+    x[:3, 4] = value  # subtracting its contribution from a layer output would cancel
+    baselines = x[3:].mean(dim=0)
+    ours = ablation_attributions(served.module, x, baselines)
+    torch.testing.assert_close(ours, ablation_attributions(served.eager, x, baselines),
+                               atol=1e-5, rtol=0, equal_nan=True)
+    assert ours[:3, 4].abs().min() > 1e-3  # ablating the huge value moves those rows
 
 
 def test_bad_shapes_are_refused():

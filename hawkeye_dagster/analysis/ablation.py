@@ -4,8 +4,11 @@ The attribution of feature f on row i is ``model(x_i) - model(x_i with f set
 to its baseline)``: Captum's ``FeatureAblation`` definition (identical results),
 computed with many ablations per forward pass. Each pass stacks ``k`` ablated
 copies of ``n`` rows as a ``[k * n, F]`` batch built by one ``torch.where``,
-with ``k * n * F`` bounded so memory stays bounded however many features and
-rows there are.
+with ``k * n`` times the widest tensor's row bounded so memory stays bounded
+however many features and rows there are. A program whose input passes through
+per-feature ops into linear layers (:mod:`~hawkeye_dagster.analysis.feature_prefix`)
+is ablated at those layers' outputs instead, and only the rest of it runs per
+ablation.
 
 Two comparisons turn attributions into evidence:
 
@@ -27,6 +30,8 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
+from hawkeye_dagster.analysis.feature_prefix import (LinearFrontier, PartialRun, linear_frontier,
+                                                     row_width)
 from hawkeye_dagster.analysis.program_batches import batch_range, run_in_batches, run_program
 
 #: default bound on the elements of one pass; about 4 MB of float32 stays in cache
@@ -51,19 +56,23 @@ def ablation_attributions(model: Callable[[torch.Tensor], torch.Tensor], inputs:
         Group id of each feature (``0 .. G-1``); a group is ablated as a whole
         and each of its features gets the group's attribution.
     max_batch_elements : int
-        Upper bound on the elements of the tensors of one pass (ablated
-        inputs, or ablated first-layer outputs).
+        Upper bound on the elements of the widest tensor of one pass (for an FX
+        graph, read from its nodes' shapes; for any other model, the ablated inputs).
 
     Returns
     -------
     Tensor, shape (N, F)
         ``model(x) - model(x ablated)``, in the model's output dtype.
 
-    When the model is an FX graph (as ``ep.module()`` is) whose input feeds a
-    single linear layer, ablating a feature only adds ``(baseline - x) *
-    W[:, f]`` to that layer's output: the layer runs once per row and only the
-    rest of the graph runs once per ablation, which removes most of the work
-    of a wide first layer. Other models run whole on the ablated inputs.
+    When the model is an FX graph (as ``ep.module()`` is) whose input passes
+    through per-feature ops (normalization, ``clamp``, ``log``, column slices, ...)
+    into linear layers before anything mixes features
+    (:func:`~hawkeye_dagster.analysis.feature_prefix.linear_frontier`), ablating a
+    group only adds ``(z_baseline - z) * W[:, c]`` over the group's columns ``c`` to
+    those layers' outputs: the prefix and the layers run once per row and only
+    the rest of the graph runs once per ablation. Rows where that update would
+    lose precision (non-finite or very large prefix values) and all other
+    models run whole on the ablated inputs.
     """
     if inputs.ndim != 2:
         raise ValueError(f"inputs must be [N, F], got {tuple(inputs.shape)}")
@@ -74,11 +83,12 @@ def ablation_attributions(model: Callable[[torch.Tensor], torch.Tensor], inputs:
     if groups.shape != (n_features,) or (n_features and int(groups.min()) < 0):
         raise ValueError(f"groups must hold one id >= 0 per feature, got {tuple(groups.shape)}")
     with torch.inference_mode():
-        layer = _input_linear(model)
-        if layer is None:
+        frontier = linear_frontier(model)
+        if frontier is None:
             attr = _ablate_inputs(model, inputs, baselines, groups, max_batch_elements)
         else:
-            attr = _ablate_first_layer(layer, inputs, baselines, groups, max_batch_elements)
+            attr = _FrontierAblation(frontier, baselines, groups).attribute(
+                inputs, max_batch_elements)
         return attr[groups].T.contiguous()
 
 
@@ -88,8 +98,9 @@ def _ablate_inputs(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.
     """Group attributions (G, N) from whole forward passes on stacked ablated copies."""
     n_rows, n_features = inputs.shape
     members = groups[None, :] == torch.arange(int(groups.max()) + 1)[:, None]  # (G, F)
-    rows_per_pass = max(1, min(n_rows, max_elements // max(n_features, 1)))
-    per_pass = max(1, max_elements // (rows_per_pass * max(n_features, 1)))
+    width = (row_width(list(model.graph.nodes), n_features)
+             if isinstance(model, torch.fx.GraphModule) else n_features)
+    rows_per_pass, per_pass = _pass_shape(n_rows, width, max_elements)
     parts = []
     for r0 in range(0, n_rows, rows_per_pass):
         rows = inputs[r0:r0 + rows_per_pass]
@@ -104,109 +115,131 @@ def _ablate_inputs(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.
     return torch.cat(parts, dim=1)
 
 
-def _ablate_first_layer(layer: "_InputLinear", inputs: torch.Tensor, baselines: torch.Tensor,
-                        groups: torch.Tensor, max_elements: int) -> torch.Tensor:
-    """Group attributions (G, N), ablating at the output of the input's linear layer."""
-    n_rows, n_features = inputs.shape
-    weight_t = layer.weight.to(inputs.dtype).T                                 # (F, H)
-    hidden = weight_t.shape[1]
-    order = torch.argsort(groups, stable=True)         # features of a group next to each other
-    sorted_groups = groups[order]
-    group_start = torch.searchsorted(sorted_groups, torch.arange(int(groups.max()) + 2))
-    singletons = bool((torch.diff(group_start) == 1).all())
-    rows_per_pass = max(1, min(n_rows, max_elements // max(hidden, 1)))
-    per_pass = max(1, max_elements // (rows_per_pass * max(hidden, 1)))
-    parts = []
-    for r0 in range(0, n_rows, rows_per_pass):
-        rows = inputs[r0:r0 + rows_per_pass]
-        pre = torch.nn.functional.linear(rows, weight_t.T, layer.bias)        # (n, H)
-        original = _forward(layer.tail(pre, rows), rows)
-        shift = (baselines - rows).T[order]                                    # (F, n)
-        chunk = []
-        for g0 in range(0, len(group_start) - 1, per_pass):
-            g1 = min(g0 + per_pass, len(group_start) - 1)
-            f0, f1 = int(group_start[g0]), int(group_start[g1])
-            # the layer's output with each group ablated: pre + sum over it of shift * W[:, f]
-            if singletons:
-                ablated = torch.addcmul(pre, shift[f0:f1, :, None], weight_t[order[f0:f1], None, :])
-            else:
-                ablated = pre.repeat(g1 - g0, 1, 1).index_add_(
-                    0, sorted_groups[f0:f1] - g0,
-                    shift[f0:f1, :, None] * weight_t[order[f0:f1], None, :])
-            batch = ablated.reshape(-1, hidden)
-            like = rows[:1].expand(len(batch), n_features)  # only its shape is read
-            out = _forward(layer.tail(batch, like), like).reshape(g1 - g0, -1)
-            chunk.append(original[None, :] - out)
-        parts.append(torch.cat(chunk))
-    return torch.cat(parts, dim=1)
+def _pass_shape(n_rows: int, width: int, max_elements: int) -> tuple[int, int]:
+    """``(rows, ablations)`` of one pass, so that ``rows * ablations * width <= max_elements``."""
+    rows = max(1, min(n_rows, max_elements // max(width, 1)))
+    return rows, max(1, max_elements // (rows * max(width, 1)))
+
+
+#: largest |change| x |weight| of one column the frontier update takes on: float32
+#: cancellation then costs at most 2**10 * 2**-24 (6e-5) of a layer output; rows beyond
+#: it (or non-finite) run whole
+_UPDATE_BOUND = 2.0 ** 10
+
+
+class _FrontierAblation:
+    """Ablation at the outputs of the linear layers where a program's features first mix.
+
+    For a frontier layer ``pre = z @ W.T + b`` on a prefix tensor ``z`` ``[n, C]``,
+    ablating group g gives ``pre + sum over its columns c of (zb[c] - z[:, c]) * W[:, c]``,
+    ``zb`` the prefix on the baseline; the rest of the graph (the tail) runs on
+    those layer outputs, ``k`` groups x ``n`` rows per pass.
+    """
+
+    def __init__(self, frontier: LinearFrontier, baselines: torch.Tensor, groups: torch.Tensor):
+        self.graph = frontier.graph_module
+        self.linears = frontier.linears
+        self.bounds = batch_range(self.graph)
+        self.prefix = PartialRun(self.graph, [*(l.source for l in self.linears),
+                                              *(l.node for l in self.linears)])
+        self.tail = PartialRun(self.graph, [frontier.output], [l.node for l in self.linears])
+        self.n_groups = int(groups.max()) + 1
+        self.baselines, self.groups = baselines, groups
+        self.columns = [_GroupColumns.of(l.features, groups, self.n_groups) for l in self.linears]
+        self.hidden = [l.weight.shape[0] for l in self.linears]
+
+    def attribute(self, inputs: torch.Tensor, max_elements: int) -> torch.Tensor:
+        """Group attributions (G, N)."""
+        n_rows, n_features = inputs.shape
+        width = row_width(list(self.tail.needed), sum(self.hidden))
+        rows_per_pass, per_pass = _pass_shape(n_rows, width, max_elements)
+        weights_t = [l.weight.to(inputs.dtype).T for l in self.linears]         # (C, H) each
+        base_sources = self._run_prefix(self.baselines[None])[0]
+        parts = []
+        for r0 in range(0, n_rows, rows_per_pass):
+            rows = inputs[r0:r0 + rows_per_pass]
+            sources, pres = self._run_prefix(rows)
+            shifts = [(zb[0] - z).T for zb, z in zip(base_sources, sources)]     # (C, n) each
+            exact = self._updatable(shifts, weights_t)
+            original = self._run_tail(rows, pres)
+            chunk = torch.empty(self.n_groups, len(rows), dtype=original.dtype)
+            for g0 in range(0, self.n_groups, per_pass):
+                g1 = min(g0 + per_pass, self.n_groups)
+                ablated = [cols.ablate(pre, shift, w, g0, g1)
+                           for cols, pre, shift, w in zip(self.columns, pres, shifts, weights_t)]
+                out = self._run_tail(rows[:1].expand(len(ablated[0]), n_features), ablated)
+                chunk[g0:g1] = original[None, :] - out.reshape(g1 - g0, -1)
+            if not bool(exact.all()):
+                chunk[:, ~exact] = _ablate_inputs(self.graph, rows[~exact], self.baselines,
+                                                  self.groups, max_elements)
+            parts.append(chunk)
+        return torch.cat(parts, dim=1)
+
+    def _run_prefix(self, rows: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The frontier layers' prefix inputs ``[n, C]`` and outputs ``[n, H]`` on ``rows``."""
+        m = len(self.linears)
+        values = run_in_batches(lambda b: torch.cat(self.prefix.values(b), dim=1), rows,
+                                self.bounds)
+        split = values.split([l.features.numel() for l in self.linears] + self.hidden, dim=1)
+        return list(split[:m]), list(split[m:])
+
+    def _run_tail(self, like: torch.Tensor, layer_outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The program's output ``(rows,)`` with the frontier layers returning
+        ``layer_outputs``; ``like`` stands for the input (only its shape is read)."""
+        out = run_in_batches(lambda *t: self.tail.values(*t)[0], (like, *layer_outputs),
+                             self.bounds)
+        if out.numel() != like.shape[0]:
+            raise ValueError(f"model output {tuple(out.shape)} is not one value per row of "
+                             f"{tuple(like.shape)}")
+        return out.reshape(-1)
+
+    @staticmethod
+    def _updatable(shifts: list[torch.Tensor], weights_t: list[torch.Tensor]) -> torch.Tensor:
+        """``(n,)`` bool: rows whose every column change is finite and within the bound."""
+        exact = torch.ones(shifts[0].shape[1], dtype=torch.bool)
+        for shift, w in zip(shifts, weights_t):
+            scale = w.abs().amax(dim=1, keepdim=True)                            # (C, 1)
+            exact &= ((shift.abs() * scale) <= _UPDATE_BOUND).all(dim=0)         # NaN fails
+        return exact
 
 
 @dataclass(frozen=True)
-class _InputLinear:
-    """An FX graph whose input feeds one linear layer, and a way to run the rest of it."""
+class _GroupColumns:
+    """The columns of one frontier layer's input by the group they depend on: one primary
+    column per group (its first; -1 for a group without one) and the rest."""
 
-    graph_module: torch.fx.GraphModule
-    node: torch.fx.Node
-    weight: torch.Tensor
-    bias: torch.Tensor | None
+    #: ``(G,)`` each group's first column, -1 for none
+    primary: torch.Tensor
+    #: ``(E,)`` the other columns, and ``(E,)`` their groups
+    extra: torch.Tensor
+    extra_group: torch.Tensor
 
-    def tail(self, layer_output: torch.Tensor, inputs_like: torch.Tensor) -> Callable:
-        """The graph as a function of its input whose linear layer returns ``layer_output``,
-        run in the batches the program accepts (the layer output cut along with the input)."""
-        def once(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-            out = _Substitute(self.graph_module, self.node, output).run(batch)
-            return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+    @classmethod
+    def of(cls, features: torch.Tensor, groups: torch.Tensor, n_groups: int) -> "_GroupColumns":
+        columns = torch.nonzero(features >= 0).reshape(-1)
+        group_of = groups[features[columns]]
+        sort = torch.argsort(group_of, stable=True)
+        columns, group_of = columns[sort], group_of[sort]
+        first = torch.ones_like(group_of, dtype=torch.bool)
+        first[1:] = group_of[1:] != group_of[:-1]
+        primary = torch.full((n_groups,), -1).index_put_((group_of[first],), columns[first])
+        return cls(primary, columns[~first], group_of[~first])
 
-        bounds = batch_range(self.graph_module)
-        return lambda batch: run_in_batches(once, (layer_output, batch), bounds)
-
-
-class _Substitute(torch.fx.Interpreter):
-    """Runs a graph with one node's value given instead of computed."""
-
-    def __init__(self, module: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tensor):
-        super().__init__(module)
-        self._node, self._value = node, value
-
-    def run_node(self, n: torch.fx.Node):
-        return self._value if n is self._node else super().run_node(n)
-
-
-#: users of the input that only read its shape, so a stand-in of the same shape serves them
-_SHAPE_ONLY = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default,
-               torch.ops.aten.sym_stride.int}
-
-
-def _input_linear(model: Callable) -> _InputLinear | None:
-    """The input's linear layer, if the model is an FX graph whose input feeds only that layer."""
-    if not isinstance(model, torch.fx.GraphModule):
-        return None
-    placeholders = [n for n in model.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return None
-    x = placeholders[0]
-    compute = [u for u in x.users
-               if not (u.op == "call_module" and str(u.target) == "_guards_fn")
-               and not (u.op == "call_function" and u.target in _SHAPE_ONLY)]
-    if len(compute) != 1:
-        return None
-    node = compute[0]
-    if node.target is not torch.ops.aten.linear.default or node.args[0] is not x or node.kwargs:
-        return None
-    params = [_attribute(model, a) for a in node.args[1:]]
-    if any(p is None for p in params) or len(params) not in (1, 2):
-        return None
-    return _InputLinear(model, node, params[0], params[1] if len(params) == 2 else None)
-
-
-def _attribute(model: torch.fx.GraphModule, arg) -> torch.Tensor | None:
-    """The tensor a ``get_attr`` node refers to (None for anything else)."""
-    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
-        return None
-    value = model
-    for part in str(arg.target).split("."):
-        value = getattr(value, part)
-    return value if isinstance(value, torch.Tensor) else None
+    def ablate(self, pre: torch.Tensor, shift: torch.Tensor, weight_t: torch.Tensor,
+               g0: int, g1: int) -> torch.Tensor:
+        """The layer output ``pre`` ``[n, H]`` with groups ``g0 .. g1 - 1`` ablated, one after
+        the other: ``[(g1 - g0) * n, H]``. ``shift`` ``(C, n)`` is ``zb - z``, ``weight_t``
+        ``(C, H)``."""
+        cols = self.primary[g0:g1]
+        present = (cols >= 0)[:, None, None]
+        ablated = torch.addcmul(pre, torch.where(present, shift[cols.clamp_min(0), :, None], 0),
+                                weight_t[cols.clamp_min(0), None, :])       # (k, n, H)
+        more = (self.extra_group >= g0) & (self.extra_group < g1)
+        if bool(more.any()):
+            extra = self.extra[more]
+            ablated.index_add_(0, self.extra_group[more] - g0,
+                               shift[extra, :, None] * weight_t[extra, None, :])
+        return ablated.reshape(-1, pre.shape[1])
 
 
 def importance_change(current: torch.Tensor | np.ndarray, previous: torch.Tensor | np.ndarray,
