@@ -66,6 +66,18 @@ class TableSpec:
     def column(self, name: str) -> Column:
         return self.columns_by_name[name]
 
+    @cached_property
+    def row_order(self) -> tuple[str, ...]:
+        """The columns that give the table's rows their canonical order: the time column,
+        then the key (every scalar contract column where the table has no key).
+
+        The contract gives stored rows no order. Reading them in this one makes every row
+        sample, bootstrap and tie-break the same whatever order a writer chose.
+        """
+        rest = self.key or tuple(c.name for c in self.columns if c.kind is not Kind.STRING_LIST)
+        head = (self.time_column,) if self.time_column else ()
+        return tuple(dict.fromkeys(head + rest))
+
 
 _c = Column
 

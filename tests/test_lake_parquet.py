@@ -250,3 +250,21 @@ def test_a_lake_that_grows_is_reread(tmp_path, tables):
     before = lake.read_arrow("feature_alerts").num_rows
     shutil.copy(root / "feature_alerts" / "part-0.parquet", root / "feature_alerts" / "new.parquet")
     assert lake.read_arrow("feature_alerts").num_rows == 2 * before
+
+
+@pytest.mark.parametrize("url", ["file://{path}", "file://localhost{path}"])
+def test_file_url_artifacts_are_local_files_with_percent_escapes_decoded(lake, tmp_path, url):
+    folder = tmp_path / "snapshots dir é"
+    folder.mkdir()
+    (folder / "m 1.pt2").write_bytes(b"model bytes")
+    quoted = url.format(path=(folder / "m 1.pt2").as_uri().removeprefix("file://"))
+    assert "%20" in quoted
+    assert lake.resolve_artifact(quoted) == quoted  # absolute: not joined to the lake root
+    with lake.open_artifact(quoted) as fh:
+        assert fh.read() == b"model bytes"
+
+
+def test_a_file_url_for_another_host_is_refused_naming_it(lake):
+    with pytest.raises(ContractError, match="another host") as err:
+        lake.open_artifact("file://models.example/m.pt2")
+    assert err.value.file == "file://models.example/m.pt2"

@@ -25,13 +25,13 @@ START = pd.Timestamp("2026-03-01", tz="UTC")
 #: (unit, zone) of the timestamp encodings a writer may use; None = naive (meaning UTC)
 TIME_ENCODINGS = [(u, z) for u in ("s", "ms", "us", "ns")
                   for z in (None, "UTC", "Asia/Kolkata", "America/New_York", "+05:30")]
-STRING_ENCODINGS = ("string", "large_string", "dictionary")
+STRING_ENCODINGS = ("string", "large_string", "string_view", "dictionary")
 
 
 def _strings(values, encoding: str) -> pa.Array:
     array = pa.array(values, pa.string())
-    if encoding == "large_string":
-        return array.cast(pa.large_string())
+    if encoding in ("large_string", "string_view"):
+        return array.cast(getattr(pa, encoding)())
     return array.dictionary_encode() if encoding == "dictionary" else array
 
 
@@ -65,7 +65,7 @@ def mixed_alerts(tmp_path):
     expected = []
     for i, (unit, zone) in enumerate(TIME_ENCODINGS):
         instants = pd.date_range(START + pd.Timedelta(hours=i), periods=6, freq="10min")
-        table = _alerts(instants, unit, zone, STRING_ENCODINGS[i % 3])
+        table = _alerts(instants, unit, zone, STRING_ENCODINGS[i % len(STRING_ENCODINGS)])
         depth = "/".join(["deeper"] * (i % 3))
         _write(lake / "feature_alerts" / depth / f"writer-{i}.parquet", table)
         expected.append(pd.DataFrame({"ts": instants, "detail": [f"d{j}" for j in range(6)]}))

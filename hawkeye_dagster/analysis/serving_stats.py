@@ -105,7 +105,7 @@ def lake_hourly_stats(reader: TelemetryReader, model_id: str, time_range: TimeRa
                                     equals={"model_id": model_id})
     parts = []
     for day in days(time_range):
-        rows = reader.serving_samples(model_id, day, columns=["ts", *columns])
+        rows = reader.serving_samples(model_id, day, columns=["ts", *columns], ordered=False)
         if len(rows):
             parts.append(hourly_stats(rows, columns, edges))
     return FeatureStats.concat(parts) if parts else None

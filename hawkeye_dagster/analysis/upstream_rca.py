@@ -224,8 +224,10 @@ def confidence(nodes: pd.DataFrame, weights: Mapping[str, float] = CONFIDENCE_WE
 
 
 def _strongest_move(points: pd.DataFrame) -> pd.DataFrame:
-    """Per node: moved at all, its earliest onset, and the stat that moved most."""
-    ranked = points.assign(size=points["z"].abs()).sort_values(["moved", "size"], ascending=False)
+    """Per node: moved at all, its earliest onset, and the stat that moved most (ties go to
+    the stat named first, whatever order the points came in)."""
+    ranked = points.assign(size=points["z"].abs()).sort_values(
+        ["moved", "size", "stat"], ascending=[False, False, True], kind="stable")
     best = ranked.drop_duplicates("node_id").set_index("node_id")
     best["onset"] = points[points["moved"]].groupby("node_id")["onset"].min()
     return best[["moved", "onset", "stat", "before", "after", "z"]]

@@ -34,7 +34,7 @@ from hawkeye_dagster.lake.conform import (
     contract_schema,
     unified_schema,
 )
-from hawkeye_dagster.lake.location import filesystem_for, is_url, open_input
+from hawkeye_dagster.lake.location import filesystem_for, is_absolute, is_url, open_input
 from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
 
 #: the partition key holding the UTC date of the time column (``serving_samples``)
@@ -220,7 +220,7 @@ class ParquetLake(TelemetryReader):
                 [info.path for info, _ in members], schema=stored, format=_FORMAT,
                 filesystem=self._fs, partitions=guarantees)
             try:
-                data = dataset.to_table(columns=names, filter=filters.expression(spec, stored))
+                data = _filtered_scan(dataset, spec, stored, names, filters)
             except (pa.ArrowException, OSError) as exc:
                 raise self._locate(spec, members, names, exc) from exc
             tables.append(_cast_to(conform(data, spec, location=self._display(
@@ -274,7 +274,7 @@ class ParquetLake(TelemetryReader):
     # -- artifacts -----------------------------------------------------------
 
     def resolve_artifact(self, artifact: str) -> str:
-        if is_url(artifact) or PurePosixPath(artifact).is_absolute():
+        if is_absolute(artifact):
             return artifact
         if ".." in PurePosixPath(artifact).parts:
             raise ContractError("artifact path leaves the lake folder", table="snapshots",
@@ -345,6 +345,30 @@ def _guarantee(spec: TableSpec, partition: Partition, footer: _Footer,
         low, high = (_instant(bound, kind) for bound in footer.time_bounds)
         terms += [pc.field(time) >= low, pc.field(time) <= high]
     return _all(terms) if terms else pc.scalar(True)
+
+
+def _filtered_scan(dataset: ds.Dataset, spec: TableSpec, stored: pa.Schema, names: list[str],
+                   filters: _Filters) -> pa.Table:
+    """``names`` of the dataset's rows that pass ``filters``.
+
+    Filters run inside the scan, except on a view-typed column (``string_view``,
+    ``binary_view``): Arrow's compute kernels cannot filter those, and the Parquet reader
+    follows the Arrow schema a file stores, so such a group is read, its views cast to plain
+    strings, and filtered in memory.
+    """
+    views = {f.name for f in stored
+             if pa.types.is_string_view(f.type) or pa.types.is_binary_view(f.type)}
+    if not views & filters.columns(spec):
+        return dataset.to_table(columns=names, filter=filters.expression(spec, stored))
+    plain = pa.schema([f.with_type(_plain(f.type)) if f.name in views else f for f in stored])
+    read = list(dict.fromkeys([*names, *filters.columns(spec)]))
+    data = dataset.to_table(columns=read).cast(pa.schema([plain.field(n) for n in read]))
+    return data.filter(filters.expression(spec, plain)).select(names)
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    """The non-view type of a view type: ``string`` for ``string_view``, ``binary`` else."""
+    return pa.string() if pa.types.is_string_view(kind) else pa.binary()
 
 
 @dataclass(frozen=True)

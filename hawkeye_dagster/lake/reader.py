@@ -135,6 +135,7 @@ class TelemetryReader(abc.ABC):
         time_range: TimeRange | None = None,
         equals: dict[str, object] | None = None,
         isin: dict[str, Sequence[object]] | None = None,
+        ordered: bool = True,
     ) -> pa.Table:
         """Read a table as Arrow with filters pushed down.
 
@@ -144,11 +145,26 @@ class TelemetryReader(abc.ABC):
         ``time_range`` filters the table's time column, ``equals``/``isin``
         filter columns (partition keys included, which prunes partitions).
         Types are the contract's (:mod:`hawkeye_dagster.lake.conform`):
-        timestamps ``timestamp[ns, UTC]``, features float32. Row order is
-        unspecified. An absent optional table reads as empty. Raises
-        :class:`~hawkeye_dagster.errors.ContractError` naming the table, file
-        and column when the data breaks the contract.
+        timestamps ``timestamp[ns, UTC]``, features float32. Rows come in the
+        table's canonical order (:attr:`~hawkeye_dagster.contract.TableSpec.row_order`),
+        so nothing computed from them depends on how a writer ordered its files;
+        ``ordered=False`` skips the sort for callers whose result cannot depend
+        on order (sums, histograms). An absent optional table reads as empty.
+        Raises :class:`~hawkeye_dagster.errors.ContractError` naming the table,
+        file and column when the data breaks the contract.
         """
+        order = [c for c in table_spec(table).row_order if ordered]
+        wanted = None if columns is None else list(columns)
+        read_columns = None if wanted is None else list(dict.fromkeys(wanted + order))
+        rows = self._filtered(table, read_columns, time_range, equals, isin)
+        if order and rows.num_rows > 1:
+            rows = rows.take(pc.sort_indices(rows, [(c, "ascending") for c in order]))
+        return rows if wanted is None or wanted == read_columns else rows.select(wanted)
+
+    def _filtered(self, table: str, columns: list[str] | None, time_range: TimeRange | None,
+                  equals: dict[str, object] | None,
+                  isin: dict[str, Sequence[object]] | None) -> pa.Table:
+        """The stored rows that pass the filters, with joined lineage where there is some."""
         if not self.lineage_sources or table not in LINEAGE_TABLES:
             return self.read_stored(table, columns=columns, time_range=time_range,
                                     equals=equals, isin=isin)
@@ -207,11 +223,12 @@ class TelemetryReader(abc.ABC):
         model_id: str,
         time_range: TimeRange | None = None,
         columns: Sequence[str] | None = None,
+        ordered: bool = True,
     ) -> pd.DataFrame:
-        """One model's serving samples in a time range (partition-pruned by model and date)."""
-        return self.read(
-            "serving_samples", columns=columns, time_range=time_range, equals={"model_id": model_id}
-        )
+        """One model's serving samples in a time range (partition-pruned by model and date),
+        in canonical order unless ``ordered=False`` (see :meth:`read_arrow`)."""
+        return self.read("serving_samples", columns=columns, time_range=time_range,
+                         equals={"model_id": model_id}, ordered=ordered)
 
     def training_data(self, dataset_id: str, partitions: Sequence[str] | None = None,
                       columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from hawkeye_dagster.contract import TABLES, Kind, TableSpec
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.conform import TIMESTAMP, conform, contract_schema, ordered_names
-from hawkeye_dagster.lake.location import is_url, open_input
+from hawkeye_dagster.lake.location import is_absolute, open_input
 from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
 from hawkeye_dagster.settings import redact_url
 
@@ -404,7 +404,7 @@ class SqlLake(TelemetryReader):
     # -- artifacts -----------------------------------------------------------
 
     def resolve_artifact(self, artifact: str) -> str:
-        if not (is_url(artifact) or artifact.startswith("/")):
+        if not is_absolute(artifact):
             raise ContractError("artifacts in a SQL lake must be absolute paths or URLs",
                                 table="snapshots", file=artifact, column="artifact")
         return artifact

@@ -12,6 +12,7 @@ from functools import cached_property
 import pandas as pd
 
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
+from hawkeye_dagster.contract import TABLES
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 
 #: history before the window that anomalies are judged against
@@ -30,6 +31,11 @@ class TriageData:
         self._cache: dict[tuple, pd.DataFrame] = {}
 
     def _read(self, table: str, **filters) -> pd.DataFrame:
+        """Rows of ``table`` with its contract columns only (and feature columns where the
+        table has them): columns a writer added beyond the contract never reach a report."""
+        spec = TABLES[table]
+        if "columns" not in filters and not spec.feature_columns:
+            filters["columns"] = list(spec.column_names)
         key = (table, repr(sorted(filters.items())))
         if key not in self._cache:
             self._cache[key] = self.reader.read(table, **filters)
