@@ -1,4 +1,4 @@
-"""Features benchmarks: statistics + drift vs Evidently, ablation vs Captum, a scaling curve.
+"""Features benchmarks: statistics + drift vs Evidently, and a scaling curve.
 
 - ``feature_drift_vs_evidently``: hourly statistics and drift of a day
   partition (full: 1M rows x 200 float32 features) against Evidently's
@@ -14,11 +14,6 @@
   independent). Our peak memory (tracemalloc, numpy included) is reported
   against the partition's in-memory size; our time is the best of three
   (full run), Evidently's a single run (it takes tens of minutes).
-- ``ablation_vs_captum_default`` / ``ablation_vs_captum_best``: ablation
-  attributions of 200 features over 10,000 rows of an exported MLP against
-  Captum's ``FeatureAblation`` with ``perturbations_per_eval=1`` and with its
-  fastest setting, one thread each, both warmed up, best of two (full run);
-  the maximum difference of the attributions is reported.
 - ``feature_stats_scaling rows=R features=F``: our time against rows and
   features (no reference tool: ``ratio`` is empty).
 """
@@ -35,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from bench.timing import best_of
-from hawkeye_dagster.analysis.ablation import ablation_attributions
 from hawkeye_dagster.analysis.drift import drift_table
 from hawkeye_dagster.analysis.feature_stats import hourly_stats, reference_profile
 
@@ -145,53 +138,6 @@ def drift_vs_evidently(rows: int, features: int, repeats: int) -> dict:
     }
 
 
-def _mlp(features: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(features, 64), torch.nn.ReLU(),
-                              torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1),
-                              torch.nn.Sigmoid())
-    batch = torch.export.Dim("batch")
-    return torch.export.export(net, (torch.zeros(4, features),),
-                               dynamic_shapes=({0: batch},)).module()
-
-
-def ablation_vs_captum(rows: int, features: int, per_eval: tuple[int, ...],
-                       repeats: int) -> list[dict]:
-    from captum.attr import FeatureAblation
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = _mlp(features)
-        x = torch.randn(rows, features, generator=torch.Generator().manual_seed(1))
-        baselines = x.mean(dim=0)
-        captum = FeatureAblation(lambda t: model(t).reshape(-1))
-        # warm both up (first calls pay one-time costs)
-        ablation_attributions(model, x[:50], baselines)
-        captum.attribute(x[:50], baselines=baselines[None])
-        project_s, ours = best_of(lambda: ablation_attributions(model, x, baselines), repeats)
-        timings, difference = {}, 0.0
-        for k in per_eval:
-            timings[k], theirs = best_of(lambda: captum.attribute(  # noqa: B023 (called at once)
-                x, baselines=baselines[None], perturbations_per_eval=k), repeats)
-            difference = max(difference, float((ours - theirs).abs().max()))
-    finally:
-        torch.set_num_threads(threads)
-    best = min(timings, key=timings.get)
-    params = {"rows": rows, "features": features, "max_abs_difference": difference,
-              "threads": 1, "best_of": repeats}
-    return [
-        {"name": "ablation_vs_captum_default", "project_s": project_s,
-         "reference": "Captum FeatureAblation (perturbations_per_eval=1)",
-         "reference_s": timings[1], "ratio": timings[1] / project_s, "params": params},
-        {"name": "ablation_vs_captum_best", "project_s": project_s,
-         "reference": f"Captum FeatureAblation (perturbations_per_eval={best}, fastest of "
-                      f"{', '.join(map(str, per_eval))})",
-         "reference_s": timings[best], "ratio": timings[best] / project_s,
-         "params": params | {"perturbations_per_eval": best}},
-    ]
-
-
 def scaling(sizes: list[tuple[int, int]]) -> list[dict]:
     results = []
     for rows, features in sizes:
@@ -214,12 +160,10 @@ def run(quick: bool) -> list[dict]:
     if quick:
         return [
             drift_vs_evidently(100_000, 20, repeats=1),
-            *ablation_vs_captum(2_000, 200, (1, 16, 64), repeats=1),
             *scaling([(10_000, 10), (100_000, 10), (10_000, 100)]),
         ]
     return [
         drift_vs_evidently(1_000_000, 200, repeats=3),
-        *ablation_vs_captum(10_000, 200, (1, 4, 16, 64, 200), repeats=2),
         *scaling([(10_000, 50), (100_000, 50), (1_000_000, 50),
                   (100_000, 10), (100_000, 100), (100_000, 1000)]),
     ]

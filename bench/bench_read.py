@@ -12,7 +12,6 @@ The lake is written once and cached under ``bench/.work/`` (gitignored).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.timing import interleaved
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TimeRange
 
@@ -63,20 +63,6 @@ def _lake(rows: int) -> tuple[Path, list[Path]]:
     return root, _write_files(serving / f"model_id={MODEL}" / f"date={DAY}", rows, DAY, 0)
 
 
-def _interleaved(reads: dict) -> dict[str, tuple[float, float]]:
-    """Best wall and CPU seconds of each read over ``REPEATS`` rounds, the reads taking turns
-    so that both meet the same load on a shared machine."""
-    wall = {name: [] for name in reads}
-    cpu = {name: [] for name in reads}
-    for _ in range(REPEATS):
-        for name, read in reads.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            read()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: (min(wall[name]), min(cpu[name])) for name in reads}
-
-
 def run(quick: bool) -> list[dict]:
     rows = 100_000 if quick else 1_000_000
     root, files = _lake(rows)
@@ -93,7 +79,7 @@ def run(quick: bool) -> list[dict]:
     if got.num_rows != expected.num_rows or got.num_columns != expected.num_columns:
         raise AssertionError(f"reads differ: {got.shape} vs {expected.shape}")
     del got, expected
-    best = _interleaved({"project": project, "reference": reference})
+    best = interleaved({"project": project, "reference": reference}, REPEATS)
     (project_s, project_cpu), (reference_s, reference_cpu) = best["project"], best["reference"]
     return [{
         "name": "read_serving_day",
