@@ -16,8 +16,8 @@ named); seconds per triage. The baselines name one root cause each:
   distribution moved most (two-sample Kolmogorov-Smirnov statistic).
 
 ``triage_end_to_end_<scale>`` times one ``incident_report`` materialization
-in a fresh Python process (imports and Dagster start-up included) against
-the 60 s target (180 s on ``medium``).
+in a fresh Python process (imports and Dagster start-up included); its 60 s
+target (180 s on ``medium``) is ``target_s``, not a reference.
 Lakes are cached under ``bench/.work/lakes`` (the simulator is deterministic).
 
 Every lake is written twice, with the simulator's ``varied`` encodings (the
@@ -255,8 +255,8 @@ def run(quick: bool) -> list[dict]:
     for scale in ("small",) if quick else ("small", "medium"):
         seconds = end_to_end("upstream_corruption", 0, scale)
         results.append({"name": f"triage_end_to_end_{scale}", "project_s": seconds,
-                        "reference": "target (floor)", "reference_s": TARGET_S[scale],
-                        "ratio": TARGET_S[scale] / seconds,
+                        "reference": "none (a target, not a comparison)", "reference_s": None,
+                        "ratio": None, "target_s": TARGET_S[scale],
                         "params": {"scenario": "upstream_corruption", "scale": scale}})
     return results
 

@@ -7,8 +7,9 @@ nodes (the feature-alert sensor's tick is in :mod:`bench.bench_sensors`).
 - ``upstream_rca_100k``: :func:`upstream_root_cause` for one incident (three
   bad features below one corrupted source) on a layered lineage graph of
   100,000 nodes / 300,000 edges with a year of daily statistics (3 per node),
-  against a plain baseline: ``networkx.ancestors`` per feature and a
-  per-node, per-stat pandas loop computing a median/MAD z-score.
+  against the straightforward version: ``networkx.ancestors`` of the features,
+  then one vectorized pandas pass (median/MAD z-scores of every ancestor's
+  statistics, the largest 3-day run); both best of three.
 """
 
 from __future__ import annotations
@@ -93,24 +94,20 @@ def with_incident(graph: nx.DiGraph, wide: pd.DataFrame, onset_day: int,
     return pd.DataFrame(values, index=wide.index, columns=wide.columns, copy=False), source, bad
 
 
-def naive_upstream(graph: nx.DiGraph, bad: dict, wide: pd.DataFrame, onset: pd.Timestamp) -> str:
-    """The baseline: ancestors per feature, then a pandas median/MAD z per node and stat."""
+def reference_upstream(graph: nx.DiGraph, bad: dict, wide: pd.DataFrame,
+                       onset: pd.Timestamp) -> str:
+    """The straightforward version: the features' ancestors (networkx), then one vectorized
+    pandas pass over all their statistics: median/MAD z-scores against the baseline
+    window, the largest 3-day run; the node with the highest score."""
     ancestors = set().union(*(nx.ancestors(graph, graph.graph["feature_nodes"][f]) for f in bad))
-    after = wide.index >= onset - DAILY.lead
-    before = ~after & (wide.index >= onset - DAILY.lead - DAILY.baseline)
-    best, best_score = None, 0.0
-    for node in ancestors:
-        for stat in STATS:
-            series = wide[(node, stat)]
-            reference = series[before]
-            median = reference.median()
-            mad = (reference - median).abs().median()
-            z = ((series[after] - median) / (1.4826 * mad)).abs()
-            score = z.rolling(3).min().max()
-            if score > best_score:
-                best, best_score = node, score
-    return best
-
+    block = wide.loc[:, wide.columns.get_level_values("node_id").isin(ancestors)]
+    after = block.index >= onset - DAILY.lead
+    before = ~after & (block.index >= onset - DAILY.lead - DAILY.baseline)
+    reference = block[before]
+    median = reference.median()
+    mad = (reference - median).abs().median()
+    z = ((block[after] - median) / (1.4826 * mad)).abs()
+    return z.rolling(3).min().max().idxmax()[0]
 
 
 def bench_build(sizes) -> list[dict]:
@@ -143,16 +140,17 @@ def bench_upstream(n_nodes: int, days: int) -> dict:
     project_s, analysis = best_of(lambda: upstream_root_cause(graph, bad, wide, settings=DAILY))
     top = analysis.candidates.iloc[0]
     assert top["id"] == source, f"upstream analysis blamed {top['id']}, not {source}"
-    reference_s, naive = best_of(lambda: naive_upstream(graph, bad, wide, onset), repeat=1)
+    reference_s, found = best_of(lambda: reference_upstream(graph, bad, wide, onset))
     floor_s, ancestors = best_of(lambda: set().union(*(
         nx.ancestors(graph, graph.graph["feature_nodes"][f]) for f in bad)))
     return {
         "name": f"upstream_rca_{n_nodes // 1000}k",
-        "project_s": project_s, "reference": "nx.ancestors + per-node pandas median/MAD loop",
+        "project_s": project_s,
+        "reference": "nx.ancestors + one vectorized pandas median/MAD z-score pass",
         "reference_s": reference_s, "ratio": reference_s / project_s,
         "params": {"nodes": n_nodes, "edges": graph.number_of_edges(), "days": days,
                    "ancestors": len(ancestors), "bad_features": len(bad),
-                   "floor_nx_ancestors_s": floor_s, "naive_found_source": naive == source,
+                   "floor_nx_ancestors_s": floor_s, "reference_found_source": found == source,
                    "top_confidence": round(float(top["confidence"]), 3)},
     }
 

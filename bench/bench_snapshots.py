@@ -14,7 +14,7 @@
 - ``snapshot_publication_to_report`` (full runs only, ~3 minutes): the slow
   end-to-end test under ``dagster dev`` (webserver and daemon on a simulated
   lake): seconds from a snapshot row appearing in the lake to its report
-  materialized, against the 90 s target (``reference`` is the target).
+  materialized; the 90 s target is ``target_s`` (there is no reference).
 
 Exported snapshots are cached under ``bench/.work/`` (gitignored).
 """
@@ -180,8 +180,8 @@ def _publication_to_report() -> dict:
         raise RuntimeError(f"end-to-end test failed:\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
     latency = float(found.group(1))
     return {"name": "snapshot_publication_to_report", "project_s": latency,
-            "reference": f"target ({E2E_TARGET_S:g} s)", "reference_s": E2E_TARGET_S,
-            "ratio": E2E_TARGET_S / latency,
+            "reference": "none (a target, not a comparison)", "reference_s": None,
+            "ratio": None, "target_s": E2E_TARGET_S,
             "params": {"lake": "simulated clean, small", "runs": "dagster dev, in-process job"}}
 
 

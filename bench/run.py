@@ -2,8 +2,11 @@
 
 Each module exposes ``run(quick: bool) -> list[dict]``; each dict holds
 ``name, project_s, reference, reference_s, ratio, params`` with
-``ratio = reference_s / project_s`` (higher is better). Results go to
-``bench/results.json`` and, as a markdown table, into the README between the
+``ratio = reference_s / project_s`` (higher is better) against a real
+reference implementation. A figure measured against a target rather than
+against anything (a latency budget) has no reference and no ratio, and carries
+``target_s`` instead. Results go to ``bench/results.json`` and, as markdown
+tables (comparisons; targets), into the README between the
 ``bench:start``/``bench:end`` markers.
 
     python -m bench [--quick] [--only NAME ...]
@@ -44,17 +47,28 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def _params(r: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in (r.get("params") or {}).items())
+
+
 def markdown_table(results: list[dict]) -> str:
+    """The comparisons (and curves without a reference), then the figures held to a target."""
     lines = [
         "| benchmark | project (s) | reference | reference (s) | ratio (ref/project) | params |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in (r.get("params") or {}).items())
-        lines.append(
-            f"| `{r['name']}` | {_fmt(r['project_s'])} | {r['reference']} | "
-            f"{_fmt(r['reference_s'])} | {_fmt(r['ratio'])} | {params} |"
-        )
+        if r.get("target_s") is None:
+            lines.append(f"| `{r['name']}` | {_fmt(r['project_s'])} | {r['reference']} | "
+                         f"{_fmt(r['reference_s'])} | {_fmt(r['ratio'])} | {_params(r)} |")
+    targets = [r for r in results if r.get("target_s") is not None]
+    if targets:
+        lines += ["", "Held to a target (no reference, so no ratio):", "",
+                  "| benchmark | measured (s) | target (s) | met | params |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| `{r['name']}` | {_fmt(r['project_s'])} | {_fmt(r['target_s'])} | "
+                  f"{'yes' if r['project_s'] <= r['target_s'] else 'no'} | {_params(r)} |"
+                  for r in targets]
     return "\n".join(lines)
 
 
