@@ -90,7 +90,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from hawkeye_dagster.simulate import simulate
 
     truth = simulate(args.out, scenario=args.scenario, seed=args.seed, scale=args.scale,
-                     encoding=args.encoding,
+                     encoding=args.encoding, factors=args.factor or (),
                      progress=_progress)
     names = ", ".join(i["name"] for i in truth["incidents"])
     out = args.out.rstrip("/")
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from hawkeye_dagster.simulate import SCALES, SCENARIOS
+    from hawkeye_dagster.simulate import FACTORS, SCALES, SCENARIOS
 
     sim = sub.add_parser("simulate", help="write a simulated telemetry lake with known incidents")
     sim.add_argument("--out", required=True, help="folder to write the lake to")
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "contract's encodings per file from the seed (timestamp units and "
                           "zones, string types, file splits, batch declarations); canonical "
                           "writes them all alike. The lake's content is the same either way")
+    sim.add_argument("--factor", action="append", choices=FACTORS, metavar="FACTOR",
+                     help="add a mess factor of real platforms to the scenario (repeatable): "
+                          + ", ".join(FACTORS) + " (see hawkeye_dagster.simulate.factors)")
     sim.set_defaults(run=_cmd_simulate)
 
     val = sub.add_parser("validate", help="check a lake against the telemetry contract")

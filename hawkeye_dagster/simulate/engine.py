@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from hawkeye_dagster.simulate.scenarios import SCENARIOS, Outcome, build_plan, i
 from hawkeye_dagster.simulate.training import Exporter, log_node_name, predict, train
 from hawkeye_dagster.simulate.world import PRE_DAYS, SCALES, World, build_world
 from hawkeye_dagster.simulate.encoding import EncodingKind, LakeEncoding
+from hawkeye_dagster.simulate.factors import apply_factors, check_factors, factor_rng, strength
 from hawkeye_dagster.simulate.write import write_table
 
 RETRAIN_EVERY_DAYS = 4
@@ -37,7 +38,8 @@ RETRAIN_EVERY_DAYS = 4
 
 def simulate(out_dir: str | Path, scenario: str = "demo", seed: int = 0, scale: str = "small",
              progress: Callable[[str], None] | None = None,
-             encoding: EncodingKind | str = EncodingKind.VARIED) -> dict:
+             encoding: EncodingKind | str = EncodingKind.VARIED,
+             factors: Sequence[str] = ()) -> dict:
     """Write a simulated telemetry lake at ``out_dir`` and return its ground truth.
 
     The truth is also written to ``<out_dir>.truth.json`` beside the lake
@@ -47,7 +49,12 @@ def simulate(out_dir: str | Path, scenario: str = "demo", seed: int = 0, scale: 
     files store it (:mod:`hawkeye_dagster.simulate.encoding`): ``varied`` (the
     default) draws one of the contract's encodings per file from the seed,
     ``canonical`` writes them all alike; the lake's content is the same.
+    ``factors`` (:data:`~hawkeye_dagster.simulate.factors.FACTORS`) add the mess of real
+    platforms to the scenario; the truth lists them.
     """
+    factors = check_factors(list(factors))
+    if factors and scenario == "demo":
+        raise ValueError("factors combine with a single-incident scenario or clean, not demo")
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if scale not in SCALES:
@@ -61,7 +68,7 @@ def simulate(out_dir: str | Path, scenario: str = "demo", seed: int = 0, scale: 
     try:
         with _single_threaded_torch():
             truth = _Simulation(scenario, seed, scale, work, say,
-                                LakeEncoding(encoding, seed)).run()
+                                LakeEncoding(encoding, seed), factors).run()
         if out.exists():
             out.rmdir()
         work.rename(out)
@@ -88,7 +95,7 @@ def _single_threaded_torch():
 
 class _Simulation:
     def __init__(self, scenario: str, seed: int, scale: str, root: Path, say,
-                 encoding: LakeEncoding):
+                 encoding: LakeEncoding, factors: tuple[str, ...] = ()):
         self.scenario, self.seed, self.scale_name, self.root, self.say = scenario, seed, scale, root, say
         self.write_table = functools.partial(write_table, encoding=encoding)
         self.rng = np.random.default_rng(seed)
@@ -96,7 +103,11 @@ class _Simulation:
         calibrate(self.world, self.rng)
         scale_spec = SCALES[scale]
         self.days = scale_spec.demo_days if scenario == "demo" else scale_spec.days
-        self.plan = build_plan(scenario, self.world, self.days, self.rng)
+        self.factors = factors
+        mess = factor_rng(seed)
+        self.plan = build_plan(scenario, self.world, self.days, self.rng,
+                               strength(factors, mess))
+        apply_factors(self.plan, self.world, factors, mess)
         self.releases = number_releases(self.plan.releases + regular_releases(
             list(self.world.models), self.days, RETRAIN_EVERY_DAYS, self.plan.frozen))
         self.traffic = TrafficPlan.from_releases(self.releases)
@@ -129,6 +140,7 @@ class _Simulation:
         return {
             "scenario": self.scenario, "seed": self.seed, "scale": self.scale_name,
             "contract": CONTRACT_VERSION, "start": iso(0.0), "end": iso(self.plan.end),
+            "factors": list(self.factors),
             "incidents": [truth(outcome) for truth in self.plan.truths],
         }
 
@@ -162,7 +174,8 @@ class _Simulation:
 
     def _simulate_day(self, day: int) -> None:
         hours = np.arange(day * 24, day * 24 + 24)
-        requests = generate_requests(self.world, hours, self.plan.effects, self.rng)
+        requests = generate_requests(self.world, hours, self.plan.effects, self.rng,
+                                     self.plan.demand_dips)
         model_of = self._assign_models(requests)
         prediction = np.full(len(requests.ts), np.nan)
         for k, (model_id, model) in enumerate(self.world.models.items()):
@@ -180,7 +193,8 @@ class _Simulation:
             self._log_samples(model_id, day, requests, rows, x, prediction[rows],
                               np.array(snapshots + [""])[arm])
         if day >= 0:
-            self.topline.append(measure.topline(self.world, requests, prediction, hours, self.rng))
+            self.topline.append(measure.topline(self.world, requests, prediction, hours, self.rng,
+                                                self.plan.demand_dips))
             self.stats.append(measure.node_stats(self.world, requests, hours))
 
     def _assign_models(self, requests: Requests) -> np.ndarray:
@@ -206,7 +220,8 @@ class _Simulation:
         logged = self.rng.random(len(rows)) < self.world.scale.sample_rate
         rows, x = rows[logged], x[logged]
         ts = requests.ts[rows]
-        arrived = ts + HOUR + self.rng.exponential(3 * HOUR, len(rows)) <= self.plan.end
+        delay = self.plan.label_delay.get(model_id, HOUR)
+        arrived = ts + delay + self.rng.exponential(3 * HOUR, len(rows)) <= self.plan.end
         segment_names = np.array([s for _, s in self.world.segments])
         self.write_table(
             self.root, "serving_samples",
@@ -274,13 +289,8 @@ class _Simulation:
             "metric": top["metric"], "value": top["value"]})
 
         stats = {k: np.concatenate([s[k] for s in self.stats]) for k in self.stats[0]}
-        n_hours, n_nodes = stats["mean"].shape
-        nodes = np.array(measure.stat_nodes(world))
-        self.write_table(root, "lineage_node_stats", {
-            "ts": np.tile(np.repeat(np.arange(n_hours) * HOUR, n_nodes), len(stats)),
-            "node_id": np.tile(nodes, n_hours * len(stats)),
-            "stat": np.repeat(list(stats), n_hours * n_nodes),
-            "value": np.concatenate([v.ravel() for v in stats.values()])})
+        self.write_table(root, "lineage_node_stats", measure.stat_rows(
+            measure.stat_nodes(world), stats, plan.daily_stats, plan.unmeasured))
 
         column = {f: len(world.data_nodes) + j for j, f in enumerate(world.feature_names)}
         fired = {rule: alert for rule in plan.alert_rules

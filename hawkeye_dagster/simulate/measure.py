@@ -14,9 +14,12 @@ hour-to-hour noise stays that of a large real population.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from hawkeye_dagster.simulate.requests import HOUR, Requests, daily_cycle, traffic_level
+from hawkeye_dagster.simulate import requests as _requests
+from hawkeye_dagster.simulate.requests import HOUR, DemandDip, Requests, daily_cycle, traffic_level
 from hawkeye_dagster.simulate.scenarios import Alert, AlertRule
 from hawkeye_dagster.simulate.world import World
 
@@ -31,10 +34,11 @@ _VOLUME = 1000.0
 
 
 def topline(world: World, requests: Requests, prediction: np.ndarray, hours: np.ndarray,
-            rng: np.random.Generator) -> dict[str, np.ndarray]:
+            rng: np.random.Generator, dips: Sequence[DemandDip] = ()) -> dict[str, np.ndarray]:
     """Each (segment, hour, metric) value as columns ``hour``, ``segment``, ``metric``, ``value``.
 
-    ``prediction`` ``[n]`` is what each request was served; ``hours`` the hour indices covered.
+    ``prediction`` ``[n]`` is what each request was served; ``hours`` the hour indices covered;
+    ``dips`` lower the demand as they lowered the requests.
     """
     n_seg = len(world.segments)
     key = np.searchsorted(hours, (requests.ts // HOUR).astype(int)) * n_seg + requests.segment
@@ -59,7 +63,8 @@ def topline(world: World, requests: Requests, prediction: np.ndarray, hours: np.
     mid_hour = hours * HOUR + HOUR / 2
     value = np.array([METRICS[p][2] for p, _ in world.segments])
     demand = _VOLUME * world.scale.requests_per_hour * np.outer(
-        traffic_level(mid_hour) * (1 + 0.08 * daily_cycle(mid_hour, 21)), seg_weight * value).ravel()
+        traffic_level(mid_hour) * (1 + 0.08 * daily_cycle(mid_hour, 21)), seg_weight * value)
+    demand = (demand * _requests.demand(hours, n_seg, dips)).ravel()
     first = demand * (0.25 + 0.75 * share)
     second = np.where(
         np.tile(seg_binary, len(hours)),
@@ -144,3 +149,47 @@ def fire(rule: AlertRule, series: np.ndarray) -> Alert | None:
     hour = first + int(np.argmax(crossed))
     return Alert((hour + 1) * HOUR + 300.0, rule.feature, f"{rule.stat}_shift", rule.severity,
                  f"hourly {rule.stat} {series[hour]:.4g} {band}")
+
+
+def stat_rows(nodes: list[str], stats: dict[str, np.ndarray], daily: set[str],
+              unmeasured: set[str]) -> dict[str, np.ndarray]:
+    """``lineage_node_stats`` columns from :func:`node_stats`' hourly arrays (``[hours, nodes]``
+    per stat, hours from the timeline start, whole days): hourly rows of the nodes measured
+    hourly, then one row a day (at midnight) of the ``daily`` nodes; ``unmeasured`` nodes have
+    none. A day's ``row_count`` is the sum of its hours, ``null_fraction``, ``mean`` and ``std``
+    those of all its rows pooled."""
+    names = np.array(nodes)
+    hourly = ~np.isin(names, list(daily | unmeasured))
+    per_day = np.isin(names, list(daily - unmeasured))
+    n_hours = stats["mean"].shape[0]
+    columns = [_long(stats, names, hourly, np.arange(n_hours) * HOUR)]
+    if per_day.any():
+        pooled = _pooled_days({k: v[:, per_day] for k, v in stats.items()})
+        columns.append(_long(pooled, names[per_day], np.ones(per_day.sum(), bool),
+                             np.arange(n_hours // 24) * 24 * HOUR))
+    return {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
+
+
+def _long(stats: dict[str, np.ndarray], names: np.ndarray, keep: np.ndarray,
+          ts: np.ndarray) -> dict[str, np.ndarray]:
+    """Long rows (stat, then time, then node) of the kept columns of ``[len(ts), nodes]`` arrays."""
+    kept, n = names[keep], len(ts)
+    return {"ts": np.tile(np.repeat(ts, len(kept)), len(stats)),
+            "node_id": np.tile(kept, n * len(stats)),
+            "stat": np.repeat(list(stats), n * len(kept)),
+            "value": np.concatenate([v[:, keep].ravel() for v in stats.values()])}
+
+
+def _pooled_days(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Hourly ``[24 D, N]`` statistics pooled into daily ``[D, N]`` ones (weights: present rows)."""
+    days = {k: v.reshape(-1, 24, v.shape[1]) for k, v in stats.items()}
+    rows = days["row_count"]
+    present = rows * (1.0 - days["null_fraction"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight = np.where(np.isfinite(days["mean"]), present, 0.0)
+        total = weight.sum(axis=1)
+        mean = np.nansum(weight * days["mean"], axis=1) / total
+        square = np.nansum(weight * (days["std"] ** 2 + days["mean"] ** 2), axis=1) / total
+        return {"row_count": rows.sum(axis=1),
+                "null_fraction": 1.0 - present.sum(axis=1) / np.maximum(rows.sum(axis=1), 1.0),
+                "mean": mean, "std": np.sqrt(np.maximum(square - mean ** 2, 0.0))}

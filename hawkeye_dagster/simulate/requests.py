@@ -11,6 +11,8 @@ models learn them only as well as the features carry the truth.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +44,28 @@ class NodeEffect:
     start: float
     magnitude: float
     end: float = np.inf
+
+
+@dataclass(frozen=True)
+class DemandDip:
+    """Fewer requests in one segment (an outage elsewhere, a holiday): volume and metric fall
+    together while every model serves as well as before. ``factor`` scales the demand."""
+
+    #: index into ``world.segments``
+    segment: int
+    start: float
+    end: float
+    factor: float
+
+
+def demand(hours: np.ndarray, n_segments: int, dips: Sequence[DemandDip]) -> np.ndarray:
+    """Each (hour, segment)'s demand relative to normal, ``[len(hours), n_segments]``: 1 but
+    in a dip (an hour counts when its middle falls inside it)."""
+    level = np.ones((len(hours), n_segments))
+    middle = hours.astype(float) * HOUR + HOUR / 2
+    for dip in dips:
+        level[(middle >= dip.start) & (middle < dip.end), dip.segment] *= dip.factor
+    return level
 
 
 @dataclass
@@ -85,12 +109,13 @@ def traffic_level(ts: np.ndarray) -> np.ndarray:
 
 
 def generate_requests(world: World, hours: np.ndarray, effects: list[NodeEffect],
-                      rng: np.random.Generator) -> Requests:
+                      rng: np.random.Generator, dips: Sequence[DemandDip] = ()) -> Requests:
     """Simulate every segment's requests in the given hours (hour indices since the start)."""
     segments = world.segments
     weights = np.array([world.products[p].segments[s] for p, s in segments])
     start = hours.astype(float) * HOUR
     expected = world.scale.requests_per_hour * np.outer(traffic_level(start + HOUR / 2), weights)
+    expected = expected * demand(hours, len(segments), dips)
     counts = rng.poisson(expected).ravel()
     hour_of_row = np.repeat(np.repeat(start, len(segments)), counts)
     segment = np.repeat(np.tile(np.arange(len(segments)), len(hours)), counts)

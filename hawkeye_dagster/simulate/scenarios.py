@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from hawkeye_dagster.simulate.requests import DAY, HOUR, START, NodeEffect
+from hawkeye_dagster.simulate.requests import DAY, HOUR, START, DemandDip, NodeEffect
 from hawkeye_dagster.simulate.rollout import DEFAULT_RAMP, Release
 from hawkeye_dagster.simulate.training import EXPLODING_LR, NAN_LOG_SHIFT, UNDERFIT
 from hawkeye_dagster.simulate.world import World
@@ -92,9 +92,24 @@ class Outcome:
     fired: dict[AlertRule, Alert]
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where an incident strikes, for the mess factors (:mod:`.factors`) to place decoys near.
+
+    ``node``: the lineage node whose data broke (``None`` for a snapshot incident);
+    ``models``: the models it reaches, the entry's model first; ``onset``: seconds.
+    """
+
+    node: str | None
+    models: tuple[str, ...]
+    onset: float
+
+
 @dataclass
 class Plan:
     days: int
+    #: effect size of the incidents (1: the scenarios' own; the ``weak`` factor lowers it)
+    strength: float = 1.0
     effects: list[NodeEffect] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     #: model -> intervals (seconds) with no regular retrain
@@ -105,6 +120,14 @@ class Plan:
     alert_rules: list[AlertRule] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     truths: list[Callable[[Outcome], dict]] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+    #: how the platform measures (the mess factors change these): model -> seconds from a
+    #: request to its label (``inf``: never), nodes whose statistics are daily, nodes without
+    #: statistics, and segments whose demand dips
+    label_delay: dict[str, float] = field(default_factory=dict)
+    daily_stats: set[str] = field(default_factory=set)
+    unmeasured: set[str] = field(default_factory=set)
+    demand_dips: list[DemandDip] = field(default_factory=list)
 
     @property
     def end(self) -> float:
@@ -114,9 +137,11 @@ class Plan:
         self.frozen.setdefault(model_id, []).append((start, end))
 
 
-def build_plan(scenario: str, world: World, days: int, rng: np.random.Generator) -> Plan:
-    """The incidents and distractors of a scenario over ``days`` days."""
-    plan = Plan(days)
+def build_plan(scenario: str, world: World, days: int, rng: np.random.Generator,
+               strength: float = 1.0) -> Plan:
+    """The incidents and distractors of a scenario over ``days`` days, ``strength`` times as
+    strong as the scenario's own (see :mod:`.factors`)."""
+    plan = Plan(days, strength)
     _background(plan, world, rng)
     onset = _minute((int(days * 0.7) + rng.uniform(0.3, 0.7)) * DAY)
     if scenario not in SCENARIOS:
@@ -239,6 +264,7 @@ def _data_incident(plan: Plan, world: World, node: str, onset: float, end: float
     models = world.models_fed_by(node)
     for model_id in models:
         plan.freeze(model_id, onset - DAY, (end or np.inf) + 4 * DAY)
+    plan.sites.append(Site(node, tuple(models), onset))
     return models
 
 
@@ -254,7 +280,8 @@ def _upstream_corruption(plan: Plan, world: World, rng, onset: float, end: float
                          source: str | None = None) -> None:
     source = _choose(rng, source, ("raw.ad_events", "raw.clicks", "raw.listings"))
     corruption = ("nulls", "zeros")[rng.integers(2)]
-    plan.effects.append(NodeEffect(source, corruption, onset, 0.4, end or np.inf))
+    broken = 0.4 * plan.strength
+    plan.effects.append(NodeEffect(source, corruption, onset, broken, end or np.inf))
     models = _data_incident(plan, world, source, onset, end)
     model_id = models[0]
     alerted = world.features_fed_by(source, model_id)[0]
@@ -271,7 +298,7 @@ def _upstream_corruption(plan: Plan, world: World, rng, onset: float, end: float
                          "features": world.features_fed_by(source, model_id),
                          "lineage_nodes": _lineage_suspects(world, source, model_id)},
             "mitigation": _pause(world, source),
-            "details": {"corruption": corruption, "broken_fraction": 0.4,
+            "details": {"corruption": corruption, "broken_fraction": broken,
                         "fixed_at": iso(end) if end else None,
                         "alert": iso(outcome.fired[rule].ts) if rule in outcome.fired else None},
         }
@@ -282,7 +309,7 @@ def _upstream_corruption(plan: Plan, world: World, rng, onset: float, end: float
 def _transform_change(plan: Plan, world: World, rng, onset: float, end: float | None = None,
                       node: str | None = None) -> None:
     node = _choose(rng, node, ("xf.price_stats", "xf.ad_ctr_stats", "xf.engagement_agg"))
-    factor = 100.0
+    factor = 100.0 ** plan.strength  # a unit change (cents), or a smaller mis-scaling
     version = f"3.{rng.integers(1, 9)}.0"
     plan.changes.append(LineageChange(onset, node, "code", version,
                                       "report amounts in cents; durations in milliseconds"))
@@ -312,7 +339,8 @@ def _transform_change(plan: Plan, world: World, rng, onset: float, end: float | 
 def _feature_alert_early(plan: Plan, world: World, rng, onset: float, end: float | None = None,
                          source: str | None = None) -> None:
     source = _choose(rng, source, ("raw.listings", "raw.ad_events"))
-    plan.effects.append(NodeEffect(source, "drift", onset, DRIFT_PER_DAY, end or np.inf))
+    drift = DRIFT_PER_DAY * plan.strength
+    plan.effects.append(NodeEffect(source, "drift", onset, drift, end or np.inf))
     models = _data_incident(plan, world, source, onset, end)
     rules = [AlertRule(f, "mean", onset, "warning") for f in world.features_fed_by(source)]
     plan.alert_rules += rules
@@ -330,7 +358,7 @@ def _feature_alert_early(plan: Plan, world: World, rng, onset: float, end: float
                          "features": world.features_fed_by(source, model_id),
                          "lineage_nodes": _lineage_suspects(world, source, model_id)},
             "mitigation": _pause(world, source),
-            "details": {"alert_ts": iso(first.ts), "drift_per_day": DRIFT_PER_DAY},
+            "details": {"alert_ts": iso(first.ts), "drift_per_day": drift},
         }
 
     plan.truths.append(truth)
@@ -347,6 +375,7 @@ def _bad_release(plan: Plan, model_id: str, published: float, end: float | None,
     release = Release(model_id, published, (day - 3, day - 2, day - 1), defect, ramp)
     plan.releases.append(release)
     plan.freeze(model_id, published - 3 * DAY, (end or np.inf) + 4 * DAY)
+    plan.sites.append(Site(None, (model_id,), release.first_traffic))
     return release
 
 
@@ -432,7 +461,8 @@ def _traffic_ramp(plan: Plan, world: World, rng, published: float, ramp_start: f
     model_id = _choose(rng, model_id, ("feed_ranker", "ads_ctr"))
     steps = np.array([0.0, 1.0, 2.0, 2.8]) * (plan.end - ramp_start) / 3.2
     ramp = ((4 * HOUR, 0.02),) + tuple(
-        (_minute(ramp_start - published + s), f) for s, f in zip(steps, (0.1, 0.3, 0.55, 0.8)))
+        (_minute(ramp_start - published + s), f * plan.strength)
+        for s, f in zip(steps, (0.1, 0.3, 0.55, 0.8)))
     _bad_release(plan, model_id, published, None, UNDERFIT, ramp)
 
     _snapshot_truth(
