@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NoReturn
 
 from hawkeye_dagster.errors import ContractError, HawkeyeError, UnknownIdError
@@ -132,16 +132,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(headless=args.headless, port=args.port, progress=_progress)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="hawkeye-dagster",
-        description="Root-cause analysis of production ML incidents, on Dagster.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
     from hawkeye_dagster.simulate import FACTORS, SCALES, SCENARIOS
 
-    sim = sub.add_parser("simulate", help="write a simulated telemetry lake with known incidents")
     sim.add_argument("--out", required=True, help="folder to write the lake to")
     sim.add_argument("--scenario", default="demo", choices=SCENARIOS)
     sim.add_argument("--seed", type=int, default=0)
@@ -156,16 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
                           + ", ".join(FACTORS) + " (see hawkeye_dagster.simulate.factors)")
     sim.set_defaults(run=_cmd_simulate)
 
-    val = sub.add_parser("validate", help="check a lake against the telemetry contract")
+
+def _validate_arguments(val: argparse.ArgumentParser) -> None:
     _add_source(val)
     val.add_argument("--skip-artifacts", action="store_true",
                      help="do not open snapshot artifacts (faster)")
     val.set_defaults(run=_cmd_validate)
 
-    tri = sub.add_parser("triage", help="run the triage decision tree and print the report",
-                         description="Run HawkEye's triage decision tree through Dagster "
-                                     "(in-process)\nover a lake and print the root-cause report.",
-                         epilog=TRIAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _triage_arguments(tri: argparse.ArgumentParser) -> None:
     _add_source(tri)
     tri.add_argument("--start", type=_timestamp, metavar="TS",
                      help="window start (ISO 8601 timestamp, UTC if naive)")
@@ -178,14 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--json", action="store_true", help="print the report as JSON")
     tri.set_defaults(run=_cmd_triage)
 
+
+def _backfill_arguments(bf: argparse.ArgumentParser) -> None:
     from hawkeye_dagster.backfill import GROUPS, parse_day
 
-    bf = sub.add_parser("backfill", help="rerun a range of days as a Dagster asset backfill",
-                        description="Register the lake's partitions and launch an asset "
-                                    "backfill on DAGSTER_HOME (shown on the UI's Backfills "
-                                    "page, run by the daemon). Exit 0 when launched (with "
-                                    "--wait: all succeeded), 1 if a partition failed, 2 for "
-                                    "bad input.")
     _add_source(bf)
     bf.add_argument("--start", type=parse_day, metavar="D", help="first day (YYYY-MM-DD)")
     bf.add_argument("--end", type=parse_day, metavar="D", help="last day (YYYY-MM-DD)")
@@ -198,21 +186,68 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only register the lake's partitions")
     bf.set_defaults(run=_cmd_backfill)
 
-    demo = sub.add_parser("demo", help="generate the demo lake (once) and start Dagster on it")
-    demo.add_argument("--headless", action="store_true",
-                      help="run the diagnostics without the UI and print what they found")
+
+def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     from hawkeye_dagster.demo import DEFAULT_PORT
 
+    demo.add_argument("--headless", action="store_true",
+                      help="run the diagnostics without the UI and print what they found")
     demo.add_argument("--port", type=int, default=DEFAULT_PORT,
                       help=f"port of the Dagster UI (default {DEFAULT_PORT})")
     demo.set_defaults(run=_cmd_demo)
+
+
+#: command -> (its subparser's settings, the function adding its arguments)
+COMMANDS: dict[str, tuple[dict, Callable[[argparse.ArgumentParser], None]]] = {
+    "simulate": ({"help": "write a simulated telemetry lake with known incidents"},
+                 _simulate_arguments),
+    "validate": ({"help": "check a lake against the telemetry contract"}, _validate_arguments),
+    "triage": ({"help": "run the triage decision tree and print the report",
+                "description": "Run HawkEye's triage decision tree through Dagster "
+                               "(in-process)\nover a lake and print the root-cause report.",
+                "epilog": TRIAGE_EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter},
+               _triage_arguments),
+    "backfill": ({"help": "rerun a range of days as a Dagster asset backfill",
+                  "description": "Register the lake's partitions and launch an asset "
+                                 "backfill on DAGSTER_HOME (shown on the UI's Backfills "
+                                 "page, run by the daemon). Exit 0 when launched (with "
+                                 "--wait: all succeeded), 1 if a partition failed, 2 for "
+                                 "bad input."},
+                 _backfill_arguments),
+    "demo": ({"help": "generate the demo lake (once) and start Dagster on it"}, _demo_arguments),
+}
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, with the arguments of ``commands`` only (of all when None).
+
+    Some commands' options take their choices from heavy modules (the simulator's
+    names import torch, the backfill's import dagster); building only the
+    command being run keeps ``--help`` and ``validate`` from importing them.
+    """
+    parser = _Parser(
+        prog="hawkeye-dagster",
+        description="Root-cause analysis of production ML incidents, on Dagster.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (settings, add_arguments) in COMMANDS.items():
+        subparser = sub.add_parser(name, **settings)
+        if commands is None or name in commands:
+            add_arguments(subparser)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first argument that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Dagster flags APIs it calls beta/preview on every load; they are noise on a terminal.
     warnings.filterwarnings("ignore", message=r".*currently in (beta|preview)")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser([command] if command in COMMANDS else [])
     args = parser.parse_args(argv)
     if getattr(args, "segment", None) and not getattr(args, "product", None):
         parser.error("--segment needs --product")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,24 @@ def test_triage_help_documents_exit_statuses_and_automatic_detection(capsys):
     assert "triages the most severe" in text
     assert "0 a report was printed, whatever its verdict" in text
     assert "2 bad input" in text and "1 anything else" in text
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["triage", "--help"], ["validate", "--help"]])
+def test_help_imports_neither_torch_nor_dagster(argv):
+    # a fresh interpreter: what --help pays for at start-up, without timing it
+    code = ("import sys\nfrom hawkeye_dagster.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'dagster', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_parses_with_all_commands_built():
+    parser = build_parser()
+    assert parser.parse_args(["simulate", "--out", "x", "--scale", "small"]).scale == "small"
+    assert parser.parse_args(["backfill", "--lake", "x", "--assets", "features"]).assets \
+        == "features"
 
 
 def test_automatic_triage_lists_the_other_incidents_with_their_commands(simulated, capsys):

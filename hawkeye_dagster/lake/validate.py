@@ -22,7 +22,6 @@ from hawkeye_dagster.errors import ContractError, LineageCycleError
 from hawkeye_dagster.lake.conform import type_problem
 from hawkeye_dagster.lake.parquet import DATE_KEY
 from hawkeye_dagster.lake.reader import TablePart, TelemetryReader
-from hawkeye_dagster.snapshot_io import load_artifact, snapshot_signature
 
 _EXAMPLES = 3
 #: a sum of traffic fractions may exceed 1 by this much (rounding)
@@ -266,6 +265,9 @@ class _Checks:
         return pd.DataFrame(rows, columns=["owner", "feature_name", "location"])
 
     def artifacts(self) -> list[Problem]:
+        # torch (seconds to import) only where artifacts are opened, not for --skip-artifacts
+        from hawkeye_dagster.snapshot_io import load_artifact, snapshot_signature
+
         snapshots = self.frame("snapshots", ("model_id", "snapshot_id", "artifact"))
         features = self.frame("model_features", ("model_id", "feature_name"))
         if snapshots is None:
