@@ -9,13 +9,18 @@ against anything (a latency budget) has no reference and no ratio, and carries
 tables (comparisons; targets), into the README between the
 ``bench:start``/``bench:end`` markers.
 
-    python -m bench [--quick] [--only NAME ...]
+    python -m bench [--quick] [--scale reduced] [--only NAME ...]
+
+``--scale reduced`` runs the modules whose ``run`` takes a ``scale`` (the
+drift comparison, the fleet day) at a size a shared 2-core machine finishes in
+minutes; each of their records says which scale it ran at.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import platform
 import re
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute each")
     parser.add_argument("--only", nargs="*", help="module names (e.g. bench_read) to run")
+    parser.add_argument("--scale", choices=("full", "reduced"), default="full",
+                        help="size of the modules that have one (default: full)")
     args = parser.parse_args(argv)
 
     modules = args.only or discover()
@@ -96,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         try:
-            results = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+            run = importlib.import_module(f"bench.{name}").run
+            scaled = "scale" in inspect.signature(run).parameters
+            results = (run(quick=args.quick, scale=args.scale) if scaled
+                       else run(quick=args.quick))
         except Exception:
             traceback.print_exc()
             failures += 1
