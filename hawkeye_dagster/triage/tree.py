@@ -32,6 +32,10 @@ Progress = Callable[[str], None]
 MIN_CONFIDENCE = 0.5
 #: alert severities that open an incident in ``auto`` mode
 ALERT_SEVERITIES = ("critical", "warning")
+#: a top-line excursion whose median robust z is below this is within what like hours vary by
+#: (the 3-sigma control limit): weak root causes then mean nothing is significant, not
+#: conflicting evidence
+SIGNIFICANT_SHIFT_Z = 3.0
 
 
 @dataclass
@@ -134,6 +138,7 @@ class TriageRun:
         """Follow one top-line anomaly down the tree."""
         series = (anomaly["product"], anomaly["segment"], anomaly["metric"])
         onset, end = anomaly["onset"], anomaly["end"]
+        self.degraded = bool(anomaly["shift_z"] >= SIGNIFICANT_SHIFT_Z)
         self.evidence.topline, self.evidence.series = scores, series
         self.evidence.onset, self.evidence.end = onset, end
         self.report.step(
@@ -149,12 +154,12 @@ class TriageRun:
         ranking = self.rank_models(series, scores, onset, end)
         suspects = ranking[ranking["suspect"]]
         self.report.suspect("models", suspects["model_id"])
-        if suspects.empty:
+        if suspects.empty:  # e.g. fewer requests: volume and metric fell with models unchanged
             self.report.step("topline_to_models",
                              "no serving model's prediction quality degraded with the top line: "
-                             "the cause lies outside the models",
+                             "the cause lies outside the models, nothing in them is significant",
                              models=ranking.to_dict("records"))
-            return "inconclusive"
+            return "no_issue"
         top = suspects.iloc[0]
         self.report.step(
             "topline_to_models",
