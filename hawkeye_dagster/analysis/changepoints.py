@@ -58,6 +58,34 @@ def pivot_node_stats(stats: pd.DataFrame, freq: str | pd.Timedelta | None = None
         columns, names=["node_id", "stat"]))
 
 
+def series_cadence(stats: pd.DataFrame) -> pd.Series:
+    """Each ``(node_id, stat)`` series' bucket width: the median gap between its distinct
+    timestamps, in whole minutes (a few missing buckets do not change it; a series with one
+    timestamp gets a day). Independent of row order. Returns a Series of Timedeltas indexed by the pair."""
+    ts = pd.DatetimeIndex(stats["ts"])
+    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+    rows = pd.DataFrame({"node_id": stats["node_id"].to_numpy(), "stat": stats["stat"].to_numpy(),
+                         "ts": ts}).drop_duplicates().sort_values(["node_id", "stat", "ts"],
+                                                                   kind="stable")
+    gap = rows.groupby(["node_id", "stat"], sort=True)["ts"].diff()
+    cadence = gap.groupby([rows["node_id"], rows["stat"]], sort=True).median()
+    # whole minutes, so timestamps written with jitter still share their series' grid
+    return cadence.fillna(pd.Timedelta(days=1)).dt.round("min").clip(
+        lower=pd.Timedelta(minutes=1)).rename("cadence")
+
+
+def pivot_by_cadence(stats: pd.DataFrame) -> list[pd.DataFrame]:
+    """:func:`pivot_node_stats` once per cadence (:func:`series_cadence`), finest first, so an
+    hourly and a daily series each get their own grid (a daily series on an hourly grid would
+    be 23 missing buckets in 24)."""
+    if not len(stats):
+        return [pivot_node_stats(stats)]
+    cadence = series_cadence(stats)
+    key = pd.MultiIndex.from_arrays([stats["node_id"].to_numpy(), stats["stat"].to_numpy()])
+    of_row = cadence.reindex(key).to_numpy()
+    return [pivot_node_stats(stats[of_row == freq], freq) for freq in np.sort(cadence.unique())]
+
+
 def select_nodes(wide: pd.DataFrame, node_ids: Iterable[str]) -> pd.DataFrame:
     """The columns of these nodes (nodes without statistics are skipped); O(columns) integer work."""
     columns = wide.columns

@@ -22,14 +22,15 @@ moved, the feature itself is the cause (kind ``feature``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 
-from hawkeye_dagster.analysis.changepoints import detect_changepoints, pivot_node_stats, select_nodes
+from hawkeye_dagster.analysis.changepoints import (detect_changepoints, pivot_by_cadence,
+                                                   select_nodes, series_cadence)
 from hawkeye_dagster.analysis.lineage_graph import feature_node
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange, as_utc
 
@@ -40,6 +41,7 @@ CONFIDENCE_WEIGHTS = {"intercept": -5.0, "moved": 1.0, "origin": 4.0, "change": 
 _MAX_Z = 100.0
 EVIDENCE = tuple(k for k in CONFIDENCE_WEIGHTS if k != "intercept")
 _NEVER = np.iinfo(np.int64).max
+_HOUR = pd.Timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,11 @@ class UpstreamSettings:
     feature whose own statistics moved up to this long after it was reported
     bad went bad then, and a node that moved up to this long *before* a node
     above it still inherits from it (unless a change deployed at the node
-    itself explains its move). For daily statistics, scale the durations up
-    (weeks, months).
+    itself explains its move).
+
+    The durations suit hourly statistics; each series' windows follow its own
+    cadence (:meth:`for_cadence`), so daily and hourly series can sit side by
+    side in one lake.
     """
 
     lead: pd.Timedelta = pd.Timedelta(days=2)
@@ -68,6 +73,27 @@ class UpstreamSettings:
     slack_buckets: int = 2
     change_window: pd.Timedelta = pd.Timedelta(days=1)
     drift_lag: pd.Timedelta = pd.Timedelta(hours=12)
+    #: buckets a move must last to be detected (:func:`detect_changepoints`' ``min_buckets``)
+    min_buckets: int = 3
+
+    def for_cadence(self, bucket: pd.Timedelta) -> UpstreamSettings:
+        """The windows for statistics ``bucket`` apart: each duration, but at least as many
+        buckets as the detector needs there. Before the onset 2 buckets (one onset estimate of
+        slack either side); after it ``min_buckets + slack_buckets`` (a move that starts in the
+        reference bucket can still be confirmed); a baseline of 7 buckets (a median and MAD of
+        fewer values are too noisy: 7 is a week of daily buckets, as for hourly ones); a change
+        and a drift's lag up to one bucket (the bucket hides when within it they happened)."""
+        buckets = pd.Timedelta(bucket)
+        return replace(
+            self, lead=max(self.lead, 2 * buckets),
+            lag=max(self.lag, (self.min_buckets + self.slack_buckets) * buckets),
+            baseline=max(self.baseline, 7 * buckets),
+            change_window=max(self.change_window, buckets),
+            drift_lag=max(self.drift_lag, buckets))
+
+    def span(self, onsets: Sequence[pd.Timestamp]) -> TimeRange:
+        """The statistics these windows read around the feature onsets (baseline included)."""
+        return TimeRange(min(onsets) - self.lead - self.baseline, max(onsets) + self.lag)
 
 
 @dataclass(frozen=True)
@@ -119,7 +145,7 @@ class UpstreamAnalysis:
 def upstream_root_cause(
     graph: nx.DiGraph,
     bad_features: Mapping[str, pd.Timestamp],
-    stats: pd.DataFrame,
+    stats: pd.DataFrame | Sequence[pd.DataFrame],
     changes: pd.DataFrame | None = None,
     settings: UpstreamSettings = UpstreamSettings(),
 ) -> UpstreamAnalysis:
@@ -133,8 +159,9 @@ def upstream_root_cause(
         Feature name -> when it went bad (UTC).
     stats:
         Node statistics, wide (``[time x (node_id, stat)]``, from
-        :func:`~hawkeye_dagster.analysis.changepoints.pivot_node_stats`); may
-        hold more nodes and time than needed.
+        :func:`~hawkeye_dagster.analysis.changepoints.pivot_node_stats`), or
+        one such frame per cadence (``pivot_by_cadence``), each scanned with
+        windows of its own bucket; may hold more nodes and time than needed.
     changes:
         The contract's ``lineage_changes`` (may be ``None``).
 
@@ -154,37 +181,51 @@ def upstream_root_cause(
         pd.DataFrame(nx.single_source_shortest_path_length(reverse, node).items(),
                      columns=["node_id", "depth"]).assign(feature=f)
         for f, node in feature_nodes.items()], ignore_index=True)
-    start = min(onsets.values()) - settings.lead
-    end = max(onsets.values()) + settings.lag
-    points = detect_changepoints(select_nodes(stats, reach["node_id"].unique()), start, end,
-                                 baseline=settings.baseline)
+    points = _scan(stats, reach["node_id"].unique(), onsets, settings)
     moves = _strongest_move(points)
+    nodes = reach.groupby("node_id", sort=False).agg(depth=("depth", "min"),
+                                                    explains=("feature", "size"))
+    # windows per node follow its statistics' cadence (the coarsest of its series; a node
+    # without statistics takes the finest in the lake)
+    bucket = points.groupby("node_id")["bucket"].max().reindex(nodes.index).fillna(
+        points["bucket"].min() if len(points) else _HOUR)
+    per_bucket = {b: settings.for_cadence(b) for b in bucket.unique()}
+    windows = pd.DataFrame({k: bucket.map({b: getattr(w, k) for b, w in per_bucket.items()})
+                            for k in ("change_window", "drift_lag")})
+    slack = settings.slack_buckets * bucket
     # a feature went bad when it was reported, or when its own node moved shortly after (a
     # drift's detected onset lags its true start alike upstream and at the feature)
-    own = {f: moves["onset"].get(feature_nodes[f], pd.NaT) for f in onsets}
+    own = {f: (moves["onset"].get(feature_nodes[f], pd.NaT), windows.at[feature_nodes[f],
+                                                                       "drift_lag"])
+           for f in onsets}
     reach["feature_onset"] = reach["feature"].map(
-        {f: own[f] if t < own[f] <= t + settings.drift_lag else t for f, t in onsets.items()})
-    nodes = reach.groupby("node_id", sort=False).agg(
-        depth=("depth", "min"), explains=("feature", "size"),
-        reference=("feature_onset", "min"), features=("feature", tuple))
-    slack = settings.slack_buckets * pd.Timedelta(stats.index.freq or pd.Timedelta(hours=1))
+        {f: own[f][0] if t < own[f][0] <= t + own[f][1] else t for f, t in onsets.items()})
+    nodes = nodes.join(reach.groupby("node_id", sort=False).agg(
+        reference=("feature_onset", "min"), features=("feature", tuple)))
     nodes = nodes.join(moves)
     nodes["moved"] = nodes["moved"].fillna(False).astype(bool)
     nodes["has_stats"] = nodes.index.isin(points["node_id"])
-    nodes = nodes.join(_deployed_changes(changes, nodes, slack, max(settings.change_window, slack)))
+    nodes = nodes.join(_deployed_changes(changes, nodes, slack,
+                                         np.maximum(windows["change_window"], slack)))
 
     # a node's event: when it moved, or (no statistics of its own) when a change was deployed
-    event = nodes["onset"].where(nodes["moved"], nodes["change_ts"].where(~nodes["has_stats"]))
+    # there and what it feeds shows it: a change whose measured children stayed put moved nothing
+    inferred = ~nodes["has_stats"] & ~_quiet_below(graph, nodes)
+    event = nodes["onset"].where(nodes["moved"], nodes["change_ts"].where(inferred))
     in_time = event <= nodes["reference"] + slack
     nodes["event"] = event.where(in_time)
     nodes["change"] = nodes["change_ts"].notna() & nodes["event"].notna() & (
         nodes["change_ts"] <= nodes["event"] + slack)
     # inherited: a node above moved first; for plain data moves, or up to ``drift_lag`` after
     # (a drift's onset estimate is noisy: the most upstream mover wins), unless a change
-    # deployed at the node itself explains its move
+    # deployed at the node itself explains its move; a move only inferred above (a change at a
+    # node without statistics) does not outrank a measured move with its own change
     above = _first_event_above(graph, nodes["event"])
-    inherited = (above <= nodes["event"] + slack) | (
-        (above <= nodes["event"] + settings.drift_lag) & ~nodes["change"])
+    seen_above = _first_event_above(graph, nodes["event"].where(nodes["has_stats"]))
+    plain = ~nodes["change"]
+    inherited = (seen_above <= nodes["event"] + slack) | (
+        (above <= nodes["event"] + slack) & plain) | (
+        (above <= nodes["event"] + windows["drift_lag"]) & plain)
     nodes["origin"] = nodes["event"].notna() & ~inherited
     nodes["coverage"] = nodes["explains"] / len(onsets)
     nodes["log_shift"] = np.log1p(np.minimum(np.abs(nodes["z"].fillna(0.0)), _MAX_Z))
@@ -210,10 +251,15 @@ def upstream_from_reader(
     nodes = {feature_node(graph, f) for f in bad_features}
     ancestors = sorted(nodes.union(*(nx.ancestors(graph, n) for n in nodes)))
     onsets = [as_utc(t) for t in bad_features.values()]
-    span = TimeRange(min(onsets) - settings.lead - settings.baseline, max(onsets) + settings.lag)
+    span = settings.span(onsets)
     stats = reader.read("lineage_node_stats", time_range=span, isin={"node_id": ancestors})
+    if len(stats):  # coarser statistics need longer windows: read those once more
+        wider = settings.for_cadence(series_cadence(stats).max()).span(onsets)
+        if wider.start < span.start or wider.end > span.end:
+            stats = reader.read("lineage_node_stats", time_range=wider,
+                                isin={"node_id": ancestors})
     changes = reader.read("lineage_changes", isin={"node_id": ancestors})
-    return upstream_root_cause(graph, bad_features, pivot_node_stats(stats), changes, settings)
+    return upstream_root_cause(graph, bad_features, pivot_by_cadence(stats), changes, settings)
 
 
 def confidence(nodes: pd.DataFrame, weights: Mapping[str, float] = CONFIDENCE_WEIGHTS) -> np.ndarray:
@@ -221,6 +267,33 @@ def confidence(nodes: pd.DataFrame, weights: Mapping[str, float] = CONFIDENCE_WE
     w = np.array([weights[k] for k in EVIDENCE])
     evidence = nodes[list(EVIDENCE)].astype(float).to_numpy()          # [n_nodes, n_evidence]
     return 1.0 / (1.0 + np.exp(-(weights["intercept"] + evidence @ w)))
+
+
+def _scan(stats: pd.DataFrame | Sequence[pd.DataFrame], node_ids: np.ndarray,
+          onsets: dict[str, pd.Timestamp], settings: UpstreamSettings) -> pd.DataFrame:
+    """Change points of the nodes' series, each frame (one cadence) with windows of its own
+    bucket, plus a ``bucket`` column."""
+    frames = [stats] if isinstance(stats, pd.DataFrame) else list(stats)
+    parts = []
+    for wide in frames:
+        bucket = pd.Timedelta(wide.index.freq or _HOUR)
+        windows = settings.for_cadence(bucket)
+        parts.append(detect_changepoints(
+            select_nodes(wide, node_ids), min(onsets.values()) - windows.lead,
+            max(onsets.values()) + windows.lag, baseline=windows.baseline,
+            min_buckets=settings.min_buckets).assign(bucket=bucket))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _quiet_below(graph: nx.DiGraph, nodes: pd.DataFrame) -> pd.Series:
+    """Per node: some node it feeds directly has statistics, and not all of those moved."""
+    index = nodes.index
+    edges = pd.DataFrame(graph.subgraph(index).edges, columns=["up", "down"])
+    below = nodes.loc[edges["down"], ["has_stats", "moved"]].set_axis(edges.index)
+    measured = edges.assign(measured=below["has_stats"].to_numpy(),
+                            still=(below["has_stats"] & ~below["moved"]).to_numpy())
+    per_up = measured.groupby("up")[["measured", "still"]].any()
+    return (per_up["measured"] & per_up["still"]).reindex(index, fill_value=False)
 
 
 def _strongest_move(points: pd.DataFrame) -> pd.DataFrame:
@@ -233,19 +306,21 @@ def _strongest_move(points: pd.DataFrame) -> pd.DataFrame:
     return best[["moved", "onset", "stat", "before", "after", "z"]]
 
 
-def _deployed_changes(changes: pd.DataFrame | None, nodes: pd.DataFrame, slack: pd.Timedelta,
-                      window: pd.Timedelta) -> pd.DataFrame:
-    """The latest change at each node deployed within ``window`` before it could matter."""
+def _deployed_changes(changes: pd.DataFrame | None, nodes: pd.DataFrame, slack: pd.Series,
+                      window: pd.Series) -> pd.DataFrame:
+    """The latest change at each node deployed within ``window`` before it could matter
+    (``slack`` and ``window`` per node)."""
     columns = ["change_ts", "version", "change_type", "description"]
     if changes is None or changes.empty:
         return pd.DataFrame(index=nodes.index, columns=columns).astype(
             {"change_ts": "datetime64[us, UTC]"})
     found = changes[changes["node_id"].isin(nodes.index)].rename(columns={"ts": "change_ts"})
-    found = found.join(nodes[["onset", "reference"]], on="node_id")
+    found = found.join(nodes[["onset", "reference"]].assign(slack=slack, window=window),
+                       on="node_id")
     # before the node's own move if it moved, else before the feature went bad
-    limit = found["onset"].fillna(found["reference"]) + slack
+    limit = found["onset"].fillna(found["reference"]) + found["slack"]
     found = found[(found["change_ts"] <= limit)
-                  & (found["change_ts"] >= limit - slack - window)]
+                  & (found["change_ts"] >= limit - found["slack"] - found["window"])]
     latest = found.sort_values("change_ts").drop_duplicates("node_id", keep="last")
     return latest.set_index("node_id")[columns]
 
