@@ -63,10 +63,18 @@ BASELINE_HISTORY = pd.Timedelta("7D")
 TARGET_S = {"small": 60.0, "medium": 180.0}
 #: the harder worlds' scenarios: two data incidents, a ramp of a worse arm, no incident
 HARD_SCENARIOS = ("upstream_corruption", "transform_change", "traffic_ramp", "clean")
-#: factors that only make sense with some scenarios (a ramp before a *data* incident; a weaker
-#: incident where there is one)
-_APPLIES = {"routine_ramp": {"upstream_corruption", "transform_change"},
-            "weak": set(HARD_SCENARIOS) - {"clean"}}
+#: the scenarios each factor is measured with: where it applies (a ramp before a *data*
+#: incident, a weaker incident where there is one) and can mislead (statistics matter to the
+#: data incidents, labels to the rollout), two or three lakes a factor to fit a shared machine
+_MEASURED = {"none": set(HARD_SCENARIOS),
+             "routine_ramp": {"upstream_corruption", "transform_change"},
+             "decoy_changes": {"upstream_corruption", "transform_change", "clean"},
+             "late_labels": {"upstream_corruption", "traffic_ramp", "clean"},
+             "daily_stats": {"upstream_corruption", "transform_change"},
+             "mixed_cadence": {"upstream_corruption", "transform_change"},
+             "missing_stats": {"upstream_corruption", "transform_change"},
+             "external_dip": {"upstream_corruption", "clean"},
+             "weak": {"upstream_corruption", "transform_change", "traffic_ramp"}}
 
 
 ENCODINGS = ("varied", "canonical")
@@ -229,21 +237,29 @@ def most_recent_change(reader: TelemetryReader, incident: dict) -> dict | None:
 
 
 def hard_cells() -> list[tuple[str, int, tuple[str, ...]]]:
-    """(scenario, seed, factors) of the harder worlds: each scenario alone and with each factor
-    that applies to it, seeds 200 and up (apart from the reported and calibration seeds)."""
-    cells = [(s, f) for f in ("none", *FACTORS) for s in HARD_SCENARIOS
-             if s in _APPLIES.get(f, set(HARD_SCENARIOS))]
-    return [(s, 200 + i, () if f == "none" else (f,)) for i, (s, f) in enumerate(cells)]
+    """(scenario, seed, factors) of the harder worlds: each scenario alone and with the factors
+    of :data:`_MEASURED`, one seed per (scenario, factor) from 200 on (apart from the reported
+    and calibration seeds)."""
+    cells = [(s, f) for f in ("none", *FACTORS) for s in HARD_SCENARIOS]
+    return [(s, 200 + i, () if f == "none" else (f,)) for i, (s, f) in enumerate(cells)
+            if s in _MEASURED[f]]
 
 
-def collect_hard(workers: int = 1) -> list[dict]:
-    """Triage records of every incident of :func:`hard_cells` (lakes simulated on first use)."""
+def collect_hard(workers: int = 1, simulate_only: bool = False) -> list[dict]:
+    """Triage records of every incident of :func:`hard_cells` (lakes simulated on first use;
+    with ``simulate_only``, only that)."""
     from concurrent.futures import ProcessPoolExecutor
 
     cells = hard_cells()
+    task = _simulate_cell if simulate_only else triage_lake
     with ProcessPoolExecutor(workers) as pool:
-        found = pool.map(triage_lake, *zip(*[(s, seed, "varied", f) for s, seed, f in cells]))
+        found = pool.map(task, *zip(*[(s, seed, "varied", f) for s, seed, f in cells]))
         return [r for records in found for r in records]
+
+
+def _simulate_cell(scenario: str, seed: int, encoding: str, factors: tuple[str, ...]) -> list:
+    lake_of(scenario, seed, encoding=encoding, factors=factors)
+    return []
 
 
 def summarize_hard(records: list[dict]) -> dict:
@@ -378,8 +394,13 @@ if __name__ == "__main__":
     parser.add_argument("--hard", action="store_true",
                         help="the harder worlds: scenarios x mess factors (see hard_cells)")
     parser.add_argument("--workers", type=int, default=1, help="lakes triaged at once (--hard)")
+    parser.add_argument("--simulate-only", action="store_true",
+                        help="with --hard: write the lakes, triage nothing")
     parser.add_argument("--records", help="write every triage's record to this JSON file")
     args = parser.parse_args()
+    if args.simulate_only:
+        collect_hard(args.workers, simulate_only=True)
+        raise SystemExit(0)
     found = collect_hard(args.workers) if args.hard else collect(args.quick, args.encoding)
     if args.records:
         Path(args.records).write_text(json.dumps(found, indent=1, default=str))
