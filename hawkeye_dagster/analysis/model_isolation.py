@@ -129,7 +129,7 @@ def degradation_z(quality: pd.DataFrame, grid: pd.DatetimeIndex, reference_end: 
 def rank_models(topline_z: pd.Series, onset: pd.Timestamp, end: pd.Timestamp,
                 qualities: Mapping[str, pd.DataFrame], tasks: Mapping[str, str], *,
                 min_degradation_z: float = 2.0, min_correlation: float = 0.1,
-                smoothing: int = 24) -> pd.DataFrame:
+                smoothing: int | None = None) -> pd.DataFrame:
     """Rank the models serving a degraded segment by how well they explain the top-line drop.
 
     ``topline_z`` is the degraded series' robust z (``[T]`` on the top-line
@@ -141,7 +141,9 @@ def rank_models(topline_z: pd.Series, onset: pd.Timestamp, end: pd.Timestamp,
     - ``degradation_z``: ``mean(d) * sqrt(k)`` over the excursion's ``k``
       buckets of :func:`degradation_z` ``d`` (~N(0, 1) when nothing changed);
     - ``correlation``: Pearson correlation of ``d`` with the top-line z, both
-      smoothed by a centred rolling mean of ``smoothing`` buckets, over the grid;
+      smoothed by a centred rolling mean of ``smoothing`` buckets (by default a
+      day of the grid's buckets, the top line's seasonal period, so what is left
+      is the trend, at any cadence), over the grid;
     - ``impact``: the mean of ``share * max(d, 0)`` over the excursion;
     - ``score``: ``impact * max(correlation, 0)``.
 
@@ -156,6 +158,8 @@ def rank_models(topline_z: pd.Series, onset: pd.Timestamp, end: pd.Timestamp,
                           index=grid).fillna(0.0)
     share = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
     d = pd.DataFrame({m: degradation_z(q, grid, onset) for m, q in qualities.items()}, index=grid)
+    if smoothing is None:
+        smoothing = max(1, int(pd.Timedelta("1D") // pd.Timedelta(grid.freq or "1h")))
     smooth = {"window": smoothing, "center": True, "min_periods": 1}
     correlation = d.rolling(**smooth).mean().corrwith(
         topline_z.clip(-_Z_CLIP, _Z_CLIP).rolling(**smooth).mean()).fillna(0.0)
