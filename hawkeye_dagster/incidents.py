@@ -20,6 +20,10 @@ from hawkeye_dagster.lake.reader import TimeRange
 EntryKind = Literal["topline", "feature_alert", "snapshot", "auto"]
 INCIDENTS_DIR = "incidents"
 REPORTS_DIR = "reports"
+#: tags of the runs a sensor launches for an incident: the on-call engineer waits for them, so
+#: the queued-run coordinator starts them before runs queued earlier at the default priority 0
+#: (a fresh instance's diagnoses of the whole snapshot history, the automation's backfills)
+INCIDENT_RUN_TAGS = {"dagster/priority": "1"}
 
 
 @dataclass(frozen=True)

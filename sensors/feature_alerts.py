@@ -31,7 +31,7 @@ from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader, related_
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
 from hawkeye_dagster.assets.partitions import incident_partitions, training_partition_partitions
 from hawkeye_dagster.contract import SEVERITIES, TABLES
-from hawkeye_dagster.incidents import Incident
+from hawkeye_dagster.incidents import INCIDENT_RUN_TAGS, Incident
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.lake.tail import ITEM, TailCursor, unread_rows
@@ -139,7 +139,7 @@ def feature_alert_sensor(context: dg.SensorEvaluationContext, telemetry: Telemet
         requests.append(dg.RunRequest(run_key=incident_id, asset_selection=list(INCIDENT_ASSETS),
                                       partition_key=incident_id,
                                       tags={"hawkeye/entry": "feature_alert",
-                                            **CRASH_RETRY_TAGS}))
+                                            **CRASH_RETRY_TAGS, **INCIDENT_RUN_TAGS}))
         keys = _training_partitions(telemetry, burst["feature_name"].unique())
         partitions += keys
         requests += [dg.RunRequest(run_key=f"{incident_id}:{key}", partition_key=key,

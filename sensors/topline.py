@@ -29,8 +29,8 @@ import pandas as pd
 from hawkeye_dagster.analysis.topline import detect_topline_anomalies
 from hawkeye_dagster.assets.partitions import incident_partitions
 from hawkeye_dagster.assets.triage import incident_report_job
-from hawkeye_dagster.incidents import Incident
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.incidents import INCIDENT_RUN_TAGS, Incident
+from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors import open_incident
 
@@ -87,12 +87,12 @@ def scan_ends(scanned: pd.Timestamp | None, first: pd.Timestamp,
 
 
 def plan_incidents(anomalies: pd.DataFrame, cursor: ToplineCursor, *, end: str | None = None,
-                   limit: int = MAX_PER_TICK) -> list[Incident]:
+                   limit: int | None = MAX_PER_TICK) -> list[Incident]:
     """New incidents for degraded segments that no open incident covers (updates ``cursor``).
 
     A segment's degradation continues its open incident when it starts at
     most :data:`SAME_INCIDENT` after that incident was last seen degraded.
-    Past ``limit`` new incidents, the other new ones are left out of
+    Past ``limit`` new incidents (``None``: no limit), the other new ones are left out of
     ``cursor`` too, for a later scan of the same stretch to open. ``end`` is
     the incidents' triage window end (``None``: up to the newest data).
     """
@@ -114,6 +114,43 @@ def plan_incidents(anomalies: pd.DataFrame, cursor: ToplineCursor, *, end: str |
             detail={"metric": row.metric, "onset": row.onset.isoformat(),
                     "relative_change": float(row.relative_change), "score": float(row.score)}))
     return incidents
+
+
+def scan_stretches(reader: TelemetryReader, cursor: ToplineCursor, ends: list[pd.Timestamp],
+                   newest: pd.Timestamp, *, limit: int | None = MAX_PER_TICK,
+                   budget_s: float | None = None) -> list[Incident]:
+    """The new incidents of the stretches ending at ``ends`` (from :func:`scan_ends`; the one
+    ending at ``newest`` is live), scanned oldest first until ``limit`` incidents or
+    ``budget_s`` seconds (``None``: no bound); ``cursor`` moves past each stretch done."""
+    started = time.monotonic()
+    incidents: list[Incident] = []
+    for end in ends:
+        live = end == newest
+        scan = TimeRange(end - SCAN, None if live else end)
+        metrics = reader.read("topline_metrics",
+                              time_range=TimeRange(scan.start - REFERENCE, scan.end))
+        cursor.open = {k: t for k, t in cursor.open.items() if t >= end - REFERENCE}
+        incidents += plan_incidents(detect_topline_anomalies(metrics, scan), cursor,
+                                    end=None if live else end.isoformat(),
+                                    limit=None if limit is None else limit - len(incidents))
+        if len(incidents) == limit:
+            break  # this stretch may hold more: it is scanned again next tick
+        cursor.latest = end
+        if budget_s is not None and time.monotonic() - started > budget_s:
+            break
+    return incidents
+
+
+def history_incidents(reader: TelemetryReader) -> list[Incident]:
+    """Every incident the sensor opens over the lake's whole top line from a fresh instance
+    (the same stretches, so the same windows and ids), without its per-tick bounds: what the
+    headless demo and ``triage`` show are the incidents the UI shows."""
+    ts = reader.read("topline_metrics", columns=["ts"])["ts"]
+    if ts.empty:
+        return []
+    newest = ts.max()
+    return scan_stretches(reader, ToplineCursor(), scan_ends(None, ts.min(), newest), newest,
+                          limit=None)
 
 
 @dg.sensor(
@@ -138,21 +175,8 @@ def topline_anomaly_sensor(context: dg.SensorEvaluationContext, telemetry: Telem
     if not ends:
         return dg.SkipReason(f"{newest - ts.min()} of top-line history: scanning starts with "
                              f"{MIN_HISTORY + SCAN}")
-    incidents: list[Incident] = []
-    for end in ends:
-        live = end == newest
-        scan = TimeRange(end - SCAN, None if live else end)
-        metrics = reader.read("topline_metrics",
-                              time_range=TimeRange(scan.start - REFERENCE, scan.end))
-        cursor.open = {k: t for k, t in cursor.open.items() if t >= end - REFERENCE}
-        incidents += plan_incidents(detect_topline_anomalies(metrics, scan), cursor,
-                                    end=None if live else end.isoformat(),
-                                    limit=MAX_PER_TICK - len(incidents))
-        if len(incidents) == MAX_PER_TICK:
-            break  # this stretch may hold more: it is scanned again next tick
-        cursor.latest = end
-        if time.monotonic() - started > TICK_BUDGET_S:
-            break
+    incidents = scan_stretches(reader, cursor, ends, newest,
+                               budget_s=TICK_BUDGET_S - (time.monotonic() - started))
     if not incidents:
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"no new degraded segment in the top line up to {cursor.latest.isoformat()} "
@@ -165,7 +189,8 @@ def topline_anomaly_sensor(context: dg.SensorEvaluationContext, telemetry: Telem
     return dg.SensorResult(
         dynamic_partitions_requests=[incident_partitions.build_add_request(ids)],
         run_requests=[dg.RunRequest(run_key=i, partition_key=i,
-                                    tags={"hawkeye/entry": "topline"}) for i in ids],
+                                    tags={"hawkeye/entry": "topline", **INCIDENT_RUN_TAGS})
+                      for i in ids],
         cursor=cursor.dump())
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def start(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> subp
     with open(log, "wb") as out:
         return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+
+
+def start_demo(lake: Path, folder: Path, cwd: Path) -> tuple[subprocess.Popen, int]:
+    """``hawkeye-dagster demo --port N`` on a free port, as a user runs it: none of the test's
+    own ``HAWKEYE_``/``DAGSTER_`` settings, a fresh ``HAWKEYE_HOME`` in ``folder`` whose demo
+    lake is ``lake`` (generated already), its output in ``folder/demo.log``."""
+    home = folder / "home"
+    home.mkdir()
+    (home / "demo-lake").symlink_to(lake)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HAWKEYE_", "DAGSTER_"))}
+    demo = start([sys.executable, "-m", "hawkeye_dagster.cli", "demo", "--port", str(port)],
+                 env={**env, "HAWKEYE_HOME": str(home)}, cwd=cwd, log=folder / "demo.log")
+    return demo, port
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -138,6 +138,9 @@ def test_headless_demo_reads_as_text_and_ends_with_a_summary(simulated, tmp_path
     rows = summary.splitlines()[2:2 + count]
     assert all("root cause found" in r or "no issue" in r or "inconclusive" in r for r in rows)
     assert "snapshot mp_value-v3" in summary
+    # each top-line degradation is its own incident, as the sensor opens it: the transform
+    # change before mp_value-v3 was published is not blamed on that snapshot
+    assert "lineage_change xf.price_stats" in summary
     paths = [Path(line.split(". ", 1)[1]) for line in summary.split("Reports")[1].splitlines()[1:]]
     assert len(paths) == count
     assert all(p.exists() and p.parent == tmp_path / "outputs" / REPORTS_DIR for p in paths)

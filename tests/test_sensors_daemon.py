@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -201,7 +200,8 @@ def test_a_fresh_instance_diagnoses_every_snapshot_and_opens_every_incident(simu
                                                                             daemon_for):
     """On the demo lake, from a fresh instance: a diagnostics run for every published snapshot
     (the known-bad ones included), an incident for every top-line degradation of the ground
-    truth and for the critical feature alert, and no run key ever submitted twice."""
+    truth and for the critical feature alert, no run key ever submitted twice, and the
+    incidents first in the queue."""
     lake, truth = simulated("demo")
     daemon = daemon_for(lake)
     started, quiet = time.monotonic(), 0
@@ -234,6 +234,14 @@ def test_a_fresh_instance_diagnoses_every_snapshot_and_opens_every_incident(simu
                if r.tags.get("hawkeye/entry") == "feature_alert"}
     assert set(critical["feature_name"]) <= alerted
 
+    # the queued-run daemon's own order: every incident before the history's diagnoses
+    queued = daemon.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+    order = [run.job_name for run in QueuedRunCoordinatorDaemon(
+        interval_seconds=1)._priority_sort(queued[::-1])]
+    assert "incident_report_job" in order and "snapshot_diagnostics" in order
+    assert max(i for i, job in enumerate(order) if job == "incident_report_job") < \
+        min(i for i, job in enumerate(order) if job == "snapshot_diagnostics")
+
     statuses = daemon.tick_statuses()
     assert SENSORS <= set(statuses)
     assert all(sum(c.values()) for c in statuses.values()), statuses   # every sensor ticked
@@ -243,14 +251,7 @@ def test_a_fresh_instance_diagnoses_every_snapshot_and_opens_every_incident(simu
 @pytest.mark.slow
 def test_demo_stops_on_sigterm_within_ten_seconds_leaving_no_process(simulated, tmp_path):
     lake, _ = simulated("demo")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo-lake").symlink_to(lake)                   # generated already
-    port = dagster_process.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HAWKEYE_", "DAGSTER_"))}
-    demo = dagster_process.start(
-        [sys.executable, "-m", "hawkeye_dagster.cli", "demo", "--port", str(port)],
-        env={**env, "HAWKEYE_HOME": str(home)}, cwd=REPO, log=tmp_path / "demo.log")
+    demo, port = dagster_process.start_demo(lake, tmp_path, REPO)
     try:
         dagster_process.wait_until_serving(port, demo)
         [dev] = dagster_process.children(demo.pid)

@@ -82,8 +82,9 @@ def _other_incidents(args: argparse.Namespace, report: dict, found: list[dict]) 
     lines = [f"\nOther incidents in the window ({len(others)}), with the command that triages "
              "each:"]
     for other in others:
+        until = ["--end", other["end"]] if other["end"] else []   # else up to the newest data
         command = ["hawkeye-dagster", "triage", *source, *entry_options(other["entry"]),
-                   "--start", other["start"], "--end", other["end"]]
+                   "--start", other["start"], *until]
         lines += [f"  - {describe_entry(other['entry'])}", f"    {shlex.join(command)}"]
     return "\n".join(lines)
 
@@ -96,23 +97,23 @@ def entry_options(entry: dict) -> list[str]:
 
 def find_incidents(reader, window: TimeRange | None = None) -> list[dict]:
     """Every incident the sensors would open over a whole lake (or whose onset, alert or
-    publication falls in ``window``): a degraded top-line segment, a warning or critical
-    feature alert, a snapshot whose served predictions were worse than its predecessor's.
-    Returns :class:`~hawkeye_dagster.incidents.Incident` keyword arguments."""
+    publication falls in ``window``): a degraded top-line segment (each degradation with the
+    window the top-line sensor gives it, so two in a row are two incidents), a warning or
+    critical feature alert, a snapshot whose served predictions were worse than its
+    predecessor's. Returns :class:`~hawkeye_dagster.incidents.Incident` keyword arguments."""
     from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
     from hawkeye_dagster.analysis.stable_snapshots import stable_snapshots
-    from hawkeye_dagster.analysis.topline import detect_topline_anomalies, in_range
+    from hawkeye_dagster.analysis.topline import in_range
+    from hawkeye_dagster.sensors.topline import history_incidents
     from hawkeye_dagster.triage.entry import DEFAULT_SPAN
     from hawkeye_dagster.triage.tree import ALERT_SEVERITIES
 
     lookback = pd.Timedelta("3D")
-    found = []
     window = window or TimeRange()
-    anomalies = detect_topline_anomalies(reader.read("topline_metrics"), window)
-    for row in anomalies.drop_duplicates(["product", "segment"]).itertuples():
-        found.append({"entry": {"kind": "topline", "product": row.product, "segment": row.segment},
-                      "start": (row.onset.floor("h") - lookback).isoformat(),
-                      "end": (row.end + pd.Timedelta("1h")).isoformat()})
+    degraded = history_incidents(reader)
+    onsets = in_range(pd.DatetimeIndex([i.detail["onset"] for i in degraded]), window)
+    found = [{"entry": i.entry, "start": i.start, "end": i.end, "detail": i.detail}
+             for i, inside in zip(degraded, onsets) if inside]
     alerts = reader.read("feature_alerts", time_range=window)
     alerts = alerts[alerts["severity"].isin(ALERT_SEVERITIES)].sort_values("ts")
     for row in alerts.drop_duplicates("feature_name").itertuples():
