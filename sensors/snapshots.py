@@ -6,7 +6,10 @@ SQL rows past a ``published_at`` watermark) and asks the instance about those
 rows' ids only, so a tick costs the new rows, not the history. Each new
 snapshot becomes a ``snapshot`` partition and its diagnostics run is launched
 in the same tick with ``run_key`` = the snapshot id, so a snapshot is
-diagnosed once however often the sensor runs. At most :data:`MAX_PER_TICK`
+diagnosed once however often the sensor runs. An unread snapshot counts as
+launched when its run exists, not merely its partition: Dagster stores a
+tick's partitions before it reserves the tick's runs, so a daemon killed in
+between leaves a partition without a run, and that snapshot is launched again. At most :data:`MAX_PER_TICK`
 snapshots are taken per tick, oldest first; the files holding the rest stay
 unread for the next tick. A fresh instance diagnoses the lake's whole history
 that way, a burst at a time: a snapshot gets its partition only in the tick
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+from dagster._core.storage.tags import RUN_KEY_TAG
 
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
 from hawkeye_dagster.assets.partitions import (
@@ -43,7 +47,7 @@ def plan_tick(tail: Tail, known: set[str],
     """Decide one tick from the unread rows: ``(launch, refused)`` snapshot ids and the next
     cursor.
 
-    ``known`` are the unread ids that already have a partition (launched before). The
+    ``known`` are the unread ids launched before (their run exists). The
     ``limit`` oldest others are launched; items (files or SQL rows) with snapshots left for
     later ticks stay unread.
     """
@@ -57,6 +61,15 @@ def plan_tick(tail: Tail, known: set[str],
     return launch["snapshot_id"].tolist(), refused, tail.advance(keep=left[ITEM])
 
 
+def launched(instance: dg.DagsterInstance, snapshot_ids: set[str]) -> set[str]:
+    """The snapshots among ``snapshot_ids`` whose diagnostics run exists (by run key)."""
+    if not snapshot_ids:
+        return set()
+    records = instance.get_run_records(dg.RunsFilter(
+        job_name=snapshot_diagnostics_job.name, tags={RUN_KEY_TAG: sorted(snapshot_ids)}))
+    return {record.dagster_run.tags[RUN_KEY_TAG] for record in records}
+
+
 @dg.sensor(
     name="snapshot_publication_sensor", job=snapshot_diagnostics_job,
     minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.RUNNING,
@@ -67,8 +80,8 @@ def plan_tick(tail: Tail, known: set[str],
 def snapshot_publication_sensor(context: dg.SensorEvaluationContext, telemetry: TelemetrySource):
     tail = unread_rows(telemetry.reader(), "snapshots", TailCursor.load(context.cursor),
                        _COLUMNS, key=["snapshot_id"])
-    known = context.instance.get_existing_dynamic_partitions(
-        snapshot_partitions.name, tail.rows["snapshot_id"].unique().tolist())
+    known = launched(context.instance, context.instance.get_existing_dynamic_partitions(
+        snapshot_partitions.name, tail.rows["snapshot_id"].unique().tolist()))
     launch, refused, cursor = plan_tick(tail, known)
     for snapshot_id in refused:
         context.log.warning(f"snapshot id {snapshot_id!r} cannot be a Dagster partition key "

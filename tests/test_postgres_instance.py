@@ -22,6 +22,7 @@ from hawkeye_dagster.assets.partitions import snapshot_partitions
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors.snapshots import snapshot_publication_sensor
 from lake_factory import PG_URL, RANKER, START, postgres_schema, write_lake
+from sensor_ticks import store_tick
 
 pytestmark = pytest.mark.postgres
 
@@ -94,9 +95,7 @@ def _tick(home: Path, lake: Path, cursor: str | None) -> tuple[list[str], str | 
         context = dg.build_sensor_context(instance=instance, cursor=cursor,
                                           resources={"telemetry": TelemetrySource(lake=str(lake))})
         result = snapshot_publication_sensor(context)
-        for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name,
-                                            list(request.partition_keys))
+        store_tick(instance, result, snapshot_publication_sensor)
         return [r.run_key for r in result.run_requests or []], result.cursor or cursor
 
 

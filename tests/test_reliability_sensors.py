@@ -30,6 +30,7 @@ from hawkeye_dagster.sensors.feature_alerts import BURST, feature_alert_sensor
 from hawkeye_dagster.sensors.snapshots import MAX_PER_TICK, snapshot_publication_sensor
 from lake_factory import RANKER, SNAPSHOTS, START
 from lake_factory import write_lake as write_snapshot_lake
+from sensor_ticks import store_tick
 
 #: a sanity bound on one tick (the daemon's limit is 60 s); not a timing measurement
 TICK_LIMIT_S = 30
@@ -79,9 +80,7 @@ class Daemon:
             result = self.sensor.evaluate_tick(context)
         assert time.monotonic() - started < TICK_LIMIT_S
         if commit:
-            for request in result.dynamic_partitions_requests or []:
-                self.instance.add_dynamic_partitions(request.partitions_def_name,
-                                                     list(request.partition_keys))
+            store_tick(self.instance, result, self.sensor)
             self.cursor = result.cursor or self.cursor
             self.run_keys += [r.run_key for r in result.run_requests or []]
         return result
@@ -140,6 +139,21 @@ def test_snapshot_stream_with_restarts_diagnoses_each_once(snapshot_lake, instan
         pass
     assert sorted(daemon.run_keys) == sorted([*SNAPSHOTS, *published])
     assert len(set(daemon.run_keys)) == len(daemon.run_keys)
+
+
+def test_a_tick_killed_between_its_partitions_and_its_runs_is_launched_again(snapshot_lake,
+                                                                            instance):
+    """Dagster stores a tick's partitions before it reserves the tick's runs: a daemon killed
+    in between leaves partitions without runs, and those snapshots are still launched."""
+    daemon = _snapshot_daemon(snapshot_lake, instance)
+    daemon.tick()
+    _publish(snapshot_lake, "late", ["ranker@late"], [START + pd.Timedelta(days=3)])
+    cut_short = daemon.tick(commit=False)
+    for request in cut_short.dynamic_partitions_requests:           # stored before the kill
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    assert [r.run_key for r in daemon.tick().run_requests] == ["ranker@late"]
+    assert not daemon.tick().run_requests                          # then launched, once
+    assert sorted(daemon.run_keys) == sorted([*SNAPSHOTS, "ranker@late"])
 
 
 def test_burst_of_a_thousand_publications_catches_up(snapshot_lake, instance):

@@ -16,6 +16,7 @@ from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors.snapshots import (
     MAX_PER_TICK, snapshot_publication_sensor, training_partition_sensor)
 from lake_factory import DATASETS, RANKER, START, TRAIN_PARTITIONS, postgres_schema, write_lake
+from sensor_ticks import store_tick
 
 #: the snapshots of ``write_lake``, oldest first (ties by id)
 HISTORY = ["ads@1", "ranker@1", "ranker@2"]
@@ -39,9 +40,7 @@ class Ticker:
                                      definitions=self.defs,
                                      resources={"telemetry": self.telemetry}) as context:
             result = self.sensor.evaluate_tick(context)
-        for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name,
-                                                 list(request.partition_keys))
+        store_tick(self.instance, result, self.sensor)
         self.cursor = result.cursor or self.cursor
         for run in result.run_requests or []:
             assert run.partition_key == run.run_key
