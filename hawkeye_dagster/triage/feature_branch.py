@@ -77,6 +77,7 @@ def from_feature_alert(run: TriageRun, features: list[str],
     fired = alerts.groupby("feature_name")["ts"].min()
     onsets = {f: pd.Timestamp((onsets or {}).get(f) or fired.get(f, run.data.window.end))
               for f in features}
+    run.evidence.onset = run.evidence.onset or min(onsets.values())
     run.report.suspect("features", features)
     run.report.step("feature_alert", "alerts on " + ", ".join(
         f"{f!r} at {iso(t)}" for f, t in onsets.items()), alerts=alerts.to_dict("records"))
@@ -107,6 +108,8 @@ def upstream(run: TriageRun, bad_features: dict[str, pd.Timestamp]) -> str:
                               calibration.root_cause_confidence(row.kind, row.confidence),
                               row.summary, version=version)
     run.evidence.lineage_path = next(iter(analysis.paths.get(top["id"], {}).values()), [])
+    if pd.notna(top["onset"]):  # an upstream move can precede the alerts and the top line
+        run.evidence.onset = min(run.evidence.onset or top["onset"], top["onset"])
     if top["kind"] == "feature":
         for model_id in _consumers(run.data, top["id"]):
             run.report.mitigate({"action": "add_guard", "model_id": model_id, "node": top["id"],

@@ -1,4 +1,5 @@
-"""The incident report's pictures (PNG bytes): what fell, which snapshot, which features, where.
+"""The incident report's pictures (PNG bytes): what fell, which snapshot, which features, where,
+and how much each root cause's repair removes.
 
 Each function takes the :class:`~hawkeye_dagster.triage.tree.Evidence` of a
 triage and returns ``None`` when that part of the tree was not reached.
@@ -136,10 +137,32 @@ def lineage_plot(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> 
     return _png(fig)
 
 
+def counterfactual_plots(evidence: Evidence) -> dict[str, bytes]:
+    """Per root cause: the degradation window's observed and repaired quality over time
+    against the pre-onset level, titled with the explained share and its interval."""
+    plots = {}
+    for result in evidence.counterfactuals:
+        cause = result.candidate
+        fig, ax = _figure()
+        line = result.timeline.sort_values("ts")
+        ax.plot(line["ts"], line["observed"], lw=1.2, color="tab:red", label="observed")
+        ax.plot(line["ts"], line["repaired"], lw=1.2, color="tab:green",
+                label=f"repaired ({cause.kind} {cause.id})")
+        ax.axhline(result.pre_onset, color="gray", ls="--", lw=1, label="pre-onset")
+        low, high = result.interval
+        ax.set_title(f"{cause.kind} {cause.id}: repair removes {result.explained_share:.0%} "
+                     f"({low:.0%}-{high:.0%}) of the rise", fontsize=10)
+        ax.set_ylabel(result.metric.replace("_", " "))
+        ax.legend(loc="best", fontsize=8)
+        plots[f"Counterfactual: {cause.kind} {cause.id}"] = _png(fig)
+    return plots
+
+
 def report_plots(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> dict[str, bytes]:
     """Every plot the evidence allows, by title (``node_stats``: see :func:`lineage_plot`)."""
     plots = {"Top line": topline_plot(evidence),
              "Model quality by snapshot": quality_plot(evidence),
              "Feature shifts": features_plot(evidence),
-             "Lineage path": lineage_plot(evidence, node_stats)}
+             "Lineage path": lineage_plot(evidence, node_stats),
+             **counterfactual_plots(evidence)}
     return {title: png for title, png in plots.items() if png is not None}

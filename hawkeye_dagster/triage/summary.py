@@ -56,7 +56,7 @@ def format_report(report: dict, printed: dict[tuple, str] | None = None) -> str:
         for i, cause in enumerate(report["root_causes"], 1):
             version = f" version {cause['version']}" if cause.get("version") else ""
             lines.append(f"  {i}. {cause['kind']} {cause['id']}{version} "
-                         f"(confidence {cause['confidence']:.2f})")
+                         f"(confidence {cause['confidence']:.2f}{_share(cause, ', ')})")
             where = (printed or {}).get(_cause_key(cause))
             lines.append("     " + (cause["summary"] if where is None
                                     else f"as for the {where} above"))
@@ -93,13 +93,14 @@ def _cause_key(cause: dict) -> tuple:
 def format_incidents(triaged: list[tuple[dict, Path]]) -> str:
     """The closing table of a run over many incidents: per report its entry, verdict, top root
     cause and confidence, then where each report was written."""
-    rows = [("#", "entry", "verdict", "top cause", "confidence")]
+    rows = [("#", "entry", "verdict", "top cause", "confidence", "explains")]
     for n, (report, _) in enumerate(triaged, 1):
         top = report["root_causes"][0] if report["root_causes"] else None
         rows.append((str(n), describe_entry(report["entry"], with_window=False),
                      _VERDICTS[report["verdict"]],
                      f"{top['kind']} {top['id']}" if top else "-",
-                     f"{top['confidence']:.2f}" if top else "-"))
+                     f"{top['confidence']:.2f}" if top else "-",
+                     (_share(top) or "-") if top else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"Incidents triaged: {len(triaged)}"]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
@@ -115,12 +116,12 @@ def report_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     out = [f"## {_VERDICTS[report['verdict']].capitalize()}",
            f"**Entry:** {describe_entry(report['entry'])}", ""]
     if report["root_causes"]:
-        out += ["### Root causes", "| # | kind | id | confidence | summary |",
-                "|---|---|---|---|---|"]
+        out += ["### Root causes", "| # | kind | id | confidence | explains | summary |",
+                "|---|---|---|---|---|---|"]
         for i, c in enumerate(report["root_causes"], 1):
             what = f"`{c['id']}`" + (f" {c['version']}" if c.get("version") else "")
             out.append(f"| {i} | {c['kind']} | {_cell(what)} | {c['confidence']:.2f} | "
-                       f"{_cell(c['summary'])} |")
+                       f"{_share(c) or '-'} | {_cell(c['summary'])} |")
         out.append("")
     if report["mitigations"]:
         out += ["### Recommended mitigations"]
@@ -136,6 +137,15 @@ def report_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     for title, image in (images or {}).items():
         out += ["", f"### {title}", image]
     return "\n".join(out)
+
+
+def _share(cause: dict, prefix: str = "") -> str:
+    """``explains 87% (80%-93%)``: a root cause's explained share with its interval, or ''."""
+    if cause.get("explained_share") is None:
+        return ""
+    low, high = (cause.get("counterfactual") or {}).get("interval") or (None, None)
+    interval = f" ({low:.0%}-{high:.0%})" if low is not None else ""
+    return f"{prefix}explains {cause['explained_share']:.0%}{interval}"
 
 
 def _cell(text: str) -> str:

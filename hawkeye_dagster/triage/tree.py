@@ -23,6 +23,7 @@ from hawkeye_dagster.analysis.topline import (ToplineScores, detect_topline_anom
                                               seasonal_scores)
 from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
 from hawkeye_dagster.triage import calibration, feature_branch, snapshot_branch
+from hawkeye_dagster.triage.confirm import confirm_root_causes
 from hawkeye_dagster.triage.data import TriageData
 from hawkeye_dagster.triage.entry import check_entry, entry_features, entry_onsets, resolve_window
 from hawkeye_dagster.triage.report import ReportBuilder, iso
@@ -55,6 +56,8 @@ class Evidence:
     features: pd.DataFrame | None = None
     #: lineage path from the root cause down to a feature
     lineage_path: list[str] = field(default_factory=list)
+    #: each root cause's counterfactual re-run (:mod:`hawkeye_dagster.triage.confirm`)
+    counterfactuals: list = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +87,7 @@ def triage(reader: TelemetryReader, entry: dict, window: TimeRange | None = None
     builder = ReportBuilder(entry={**entry, "window": {"start": window.start, "end": window.end}})
     run = TriageRun(TriageData(reader, window), builder, Evidence(), progress or (lambda _: None))
     verdict = run.start(entry)
+    confirm_root_causes(run)
     best = max((c["confidence"] for c in builder.root_causes), default=None)
     if best is not None and best >= MIN_CONFIDENCE:
         verdict = "root_cause_found"
