@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = sorted(previous.values(), key=lambda r: (r["module"], r["name"]))
     header = (f"Measured on {platform.machine()}, {platform.python_version()}, "
-              f"{'quick' if args.quick else 'full'} run, {time.strftime('%Y-%m-%d')}.")
+              f"{'quick' if args.quick else 'full'} run"
+              f"{', reduced scale' if args.scale == 'reduced' else ''}, "
+              f"{time.strftime('%Y-%m-%d')} (modules: {', '.join(modules)}; other rows kept "
+              "from earlier runs).")
     if not args.quick:
         RESULTS.write_text(json.dumps({"machine": platform.platform(), "results": results},
                                       indent=2, default=str) + "\n")
