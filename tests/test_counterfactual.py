@@ -169,3 +169,37 @@ def test_every_root_cause_of_a_report_carries_its_share(simulated):
     assert any(s["step"] == "counterfactual" for s in report["steps"])
     assert f"explains {top['explained_share']:.0%}" in format_report(report)
     assert "| explains |" in report_markdown(report)
+
+
+def measured(share: float, interval: tuple[float, float], degraded: bool = True):
+    from hawkeye_dagster.analysis.counterfactual import Counterfactual
+
+    timeline = pd.DataFrame({"ts": pd.date_range("2026-10-10", periods=3, freq="6h", tz="UTC"),
+                             "observed": [0.6, 0.62, 0.61], "repaired": [0.5, 0.52, 0.5]})
+    return Counterfactual(Candidate("lineage_node", "raw.clicks", "features mapped", (0,)),
+                          "log_loss", 0.61, 0.61 - share * 0.1, 0.51, share, interval, degraded,
+                          timeline)
+
+
+@pytest.mark.parametrize("share, interval, demoted", [(0.02, (0.0, 0.08), True),
+                                                      (0.6, (0.4, 0.8), False)])
+def test_a_repair_that_explains_almost_nothing_demotes_its_cause(share, interval, demoted):
+    from hawkeye_dagster.triage.confirm import record
+
+    cause = {"kind": "lineage_node", "id": "raw.clicks", "confidence": 0.9,
+             "summary": "null fraction rose"}
+    record(cause, measured(share, interval), "ads_ctr", pd.Timestamp("2026-10-10", tz="UTC"))
+    assert cause["summary"].startswith(f"repairing it removes {share:.0%}")
+    assert cause["summary"].endswith("; null fraction rose")
+    assert ("demoted" in cause["summary"]) == demoted
+    assert (cause["confidence"] < 0.9) == demoted
+    assert cause["counterfactual"]["interval"] == list(interval)
+
+
+def test_each_root_cause_gets_a_counterfactual_plot():
+    from hawkeye_dagster.triage.plots import report_plots
+    from hawkeye_dagster.triage.tree import Evidence
+
+    plots = report_plots(Evidence(counterfactuals=[measured(0.6, (0.4, 0.8))]))
+    assert list(plots) == ["Counterfactual: lineage_node raw.clicks"]
+    assert plots["Counterfactual: lineage_node raw.clicks"].startswith(b"\x89PNG")
