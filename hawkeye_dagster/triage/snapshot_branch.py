@@ -32,6 +32,20 @@ if TYPE_CHECKING:
 
 #: serving rows the activations are captured on
 ACTIVATION_ROWS = 2000
+#: evidence of a snapshot judged ``bad``: a hard defect (non-finite numerics, a diverged or
+#: exploded run) observed in the snapshot itself; a prior, since one such defect is decisive
+#: whatever its size, left below 1 for the rare defect that is not what users saw
+HARD_DEFECT_EVIDENCE = 0.95
+#: evidence of a snapshot that is only worse than its peers, before its peer z is weighed:
+#: with soft findings (``suspect``) or none; priors (the share its loss rise explains is not
+#: separable from a data problem that began as it arrived, so neither reaches the 0.95 above)
+SOFT_EVIDENCE = {"suspect": 0.7, "healthy": 0.5}
+#: evidence of a snapshot that served worse than its predecessor, entered from its publication
+SERVED_WORSE_EVIDENCE = 0.6
+#: growth of an arm's traffic share that counts fully as a ramp: a prior, a fifth of the traffic
+#: (the share of the model's loss rise the growth explains, tried instead, mixes in what the
+#: other arms' hours add and undercounted a clear ramp; left for issue 14)
+RAMP_GROWTH = 0.2
 
 
 @dataclass
@@ -146,7 +160,7 @@ def suspect_snapshot(run: TriageRun, model_id: str, rollout: RolloutFinding) -> 
     _record_diagnosis(run, diagnosis)
     rollback = diagnosis.reference or rollout.previous_snapshot
     if diagnosis.report.verdict == "bad":
-        return _blame_snapshot(run, diagnosis, rollback, evidence=0.95)
+        return _blame_snapshot(run, diagnosis, rollback, evidence=HARD_DEFECT_EVIDENCE)
     lead = rollout.snapshots.set_index("snapshot_id").loc[snapshot_id]
     if len(diagnosis.bad_partitions) or rollout.traffic_experiment:
         if len(diagnosis.bad_partitions):
@@ -155,7 +169,7 @@ def suspect_snapshot(run: TriageRun, model_id: str, rollout: RolloutFinding) -> 
             _blame_traffic(run, model_id, rollout, lead)
         _rollback(run, model_id, rollback)
         return "root_cause_found"
-    evidence = 0.7 if diagnosis.report.verdict == "suspect" else 0.5
+    evidence = SOFT_EVIDENCE.get(diagnosis.report.verdict, SOFT_EVIDENCE["healthy"])
     _blame_snapshot(run, diagnosis, rollback,
                     evidence=evidence * _saturate(lead["peer_z"], 2.0, missing=1.0))
     from hawkeye_dagster.triage.feature_branch import from_model
@@ -175,13 +189,13 @@ def from_snapshot(run: TriageRun, snapshot_id: str) -> str:
     run.degraded = diagnosis.served_worse or diagnosis.report.verdict == "bad" or \
         len(diagnosis.report.findings) > len(diagnosis.bad_partitions)
     if diagnosis.report.verdict == "bad":
-        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=0.95)
+        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=HARD_DEFECT_EVIDENCE)
     if len(diagnosis.bad_partitions):
         _blame_partition(run, diagnosis)
         _rollback(run, model_id, diagnosis.reference)
         return "root_cause_found"
     if diagnosis.served_worse:
-        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=0.6)
+        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=SERVED_WORSE_EVIDENCE)
     return "no_issue"
 
 
@@ -235,7 +249,8 @@ def _blame_partition(run: TriageRun, diagnosis: SnapshotDiagnosis) -> None:
 def _blame_traffic(run: TriageRun, model_id: str, rollout: RolloutFinding,
                    lead: pd.Series) -> None:
     """The arm's traffic grew while it was worse than its peers, before and during the incident
-    (their peer z's combined by Stouffer's method)."""
+    (their peer z's combined by Stouffer's method), times its growth against
+    :data:`RAMP_GROWTH` (a prior)."""
     experiment = rollout.traffic_experiment
     growth = lead["share_during"] - lead["share_before"]
     z = np.array([lead["peer_z_before"], lead["peer_z"]], dtype=float)
@@ -245,7 +260,7 @@ def _blame_traffic(run: TriageRun, model_id: str, rollout: RolloutFinding,
     run.report.root_cause(
         "traffic", experiment,
         calibration.root_cause_confidence(
-            "traffic", _saturate(worse, 2.0) * min(1.0, growth / 0.2)),
+            "traffic", _saturate(worse, 2.0) * min(1.0, growth / RAMP_GROWTH)),
         f"experiment {experiment} (snapshot {lead.name}) grew from {lead['share_before']:.0%} "
         f"to {lead['share_during']:.0%} of {model_id}'s traffic while its loss was worse than "
         f"its peers' (peer z {worse:.1f}); the snapshot shows no severe defect")
