@@ -134,7 +134,7 @@ def test_headless_demo_reads_as_text_and_ends_with_a_summary(simulated, tmp_path
     assert "snapshot_diagnosis: see root cause 1" in body
     count = int(summary.split("\n")[0])
     header = summary.splitlines()[1].split()
-    assert header == ["#", "entry", "verdict", "top", "cause", "confidence"]
+    assert header == ["#", "entry", "verdict", "top", "cause", "confidence", "explains"]
     rows = summary.splitlines()[2:2 + count]
     assert all("root cause found" in r or "no issue" in r or "inconclusive" in r for r in rows)
     assert "snapshot mp_value-v3" in summary
