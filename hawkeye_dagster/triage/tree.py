@@ -99,6 +99,10 @@ def triage(reader: TelemetryReader, entry: dict, window: TimeRange | None = None
         verdict = "no_issue"
         builder.step("verdict", f"nothing degraded, and the best candidate has confidence "
                                 f"{best:.2f}, below {MIN_CONFIDENCE}: nothing significant")
+    elif verdict == "inconclusive" and not run.degraded:
+        verdict = "no_issue"
+        builder.step("verdict", "no root cause, under a top-line excursion below "
+                                f"{SIGNIFICANT_SHIFT_Z:g} robust sigmas: nothing significant")
     return TriageResult(builder.build(verdict), run.evidence)
 
 
