@@ -26,7 +26,7 @@ import time
 
 import pandas as pd
 
-from bench.bench_accuracy import correct, lake_of, window_of
+from bench.bench_accuracy import lake_of, window_of
 from hawkeye_dagster.lake.open import open_lake
 from hawkeye_dagster.triage import tree
 
@@ -58,6 +58,12 @@ def triage_timed(reader, incident: dict) -> tuple[dict, float, float]:
         tree.confirm_root_causes = measure
 
 
+def is_cause(candidate: dict, truth: dict | None) -> bool:
+    """The candidate is the true cause (kind and id: a change's version is the report's)."""
+    return truth is not None and (candidate["kind"], candidate["id"]) == (truth["kind"],
+                                                                        truth["id"])
+
+
 def candidates(report: dict) -> list[dict]:
     steps = [s for s in report["steps"] if s["step"] == "counterfactual"]
     return steps[0]["evidence"]["counterfactuals"] if steps else []
@@ -76,7 +82,7 @@ def collect(quick: bool) -> list[dict]:
                     | {f"feat:{f}" for f in incident["suspects"]["features"]} \
                     | set(incident["suspects"]["features"])
                 for c in candidates(report):
-                    role = ("true" if correct(c, expected) else
+                    role = ("true" if is_cause(c, expected) else
                             "path" if expected is not None and c["id"] in path else "wrong")
                     records.append({"scenario": scenario, "seed": seed, "role": role,
                                     "kind": c["kind"], "id": c["id"],
