@@ -11,6 +11,8 @@ and run pages of the evidence it used, so the UI guides from the verdict to the
 data. A blocking check holds every report to the contract's JSON schema.
 """
 
+import re
+
 import dagster as dg
 import pandas as pd
 
@@ -97,7 +99,8 @@ def incident_report(context: dg.AssetExecutionContext, telemetry: TelemetrySourc
                 plots[f"Model graph of {cause['id']}"] = graph
     images = {}
     for title, png in plots.items():
-        name = title.lower().replace(" ", "_") + ".png"
+        # a title names ids, which may hold "/" (a training partition): one flat file name
+        name = re.sub(r"[^\w.-]+", "_", title.lower()) + ".png"
         storage.write_bytes(png, REPORTS_DIR, incident_id, name)
         images[title] = png_md(png, title)
     day = (result.evidence.onset or incident.window.end - pd.Timedelta("1ns")).strftime("%Y-%m-%d")

@@ -201,5 +201,5 @@ def test_each_root_cause_gets_a_counterfactual_plot():
     from hawkeye_dagster.triage.tree import Evidence
 
     plots = report_plots(Evidence(counterfactuals=[measured(0.6, (0.4, 0.8))]))
-    assert list(plots) == ["Counterfactual: lineage_node raw.clicks"]
-    assert plots["Counterfactual: lineage_node raw.clicks"].startswith(b"\x89PNG")
+    assert list(plots) == ["Counterfactual of lineage_node raw.clicks"]
+    assert plots["Counterfactual of lineage_node raw.clicks"].startswith(b"\x89PNG")

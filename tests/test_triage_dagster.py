@@ -48,6 +48,10 @@ def test_incident_report_materializes_with_its_check(simulated, tmp_path):
     stored = json.loads((tmp_path / REPORTS_DIR / f"{key}.json").read_text())
     assert stored == report
     assert (tmp_path / REPORTS_DIR / key / "top_line.png").exists()
+    cause = report["root_causes"][0]
+    assert "explains " in metadata["report"].value
+    assert (tmp_path / REPORTS_DIR / key /
+            f"counterfactual_of_{cause['kind']}_{cause['id']}.png").exists()
 
 
 def test_topline_sensor_opens_one_incident_per_degraded_segment(simulated, tmp_path):

@@ -154,7 +154,7 @@ def counterfactual_plots(evidence: Evidence) -> dict[str, bytes]:
                      f"({low:.0%}-{high:.0%}) of the rise", fontsize=10)
         ax.set_ylabel(result.metric.replace("_", " "))
         ax.legend(loc="best", fontsize=8)
-        plots[f"Counterfactual: {cause.kind} {cause.id}"] = _png(fig)
+        plots[f"Counterfactual of {cause.kind} {cause.id}"] = _png(fig)
     return plots
 
 
