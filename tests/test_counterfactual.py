@@ -181,14 +181,19 @@ def measured(share: float, interval: tuple[float, float], degraded: bool = True)
                           timeline)
 
 
-@pytest.mark.parametrize("share, interval, demoted", [(0.02, (0.0, 0.08), True),
-                                                      (0.6, (0.4, 0.8), False)])
-def test_a_repair_that_explains_almost_nothing_demotes_its_cause(share, interval, demoted):
+@pytest.mark.parametrize("share, interval, elsewhere, demoted", [
+    (0.02, (0.0, 0.08), True, True),
+    (0.02, (0.0, 0.08), False, False),  # no repair explains it: the repairs are in doubt
+    (0.6, (0.4, 0.8), True, False),
+])
+def test_a_repair_that_explains_almost_nothing_demotes_its_cause_when_another_explains_it(
+        share, interval, elsewhere, demoted):
     from hawkeye_dagster.triage.confirm import record
 
     cause = {"kind": "lineage_node", "id": "raw.clicks", "confidence": 0.9,
              "summary": "null fraction rose"}
-    record(cause, measured(share, interval), "ads_ctr", pd.Timestamp("2026-10-10", tz="UTC"))
+    record(cause, measured(share, interval), "ads_ctr", pd.Timestamp("2026-10-10", tz="UTC"),
+           explained_elsewhere=elsewhere)
     assert cause["summary"].startswith(f"repairing it removes {share:.0%}")
     assert cause["summary"].endswith("; null fraction rose")
     assert ("demoted" in cause["summary"]) == demoted

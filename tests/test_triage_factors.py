@@ -39,10 +39,7 @@ def reports(tmp_path_factory):
 
 
 @pytest.mark.parametrize("scenario, seed, factor", [
-    pytest.param("upstream_corruption", 216, "daily_stats", marks=pytest.mark.xfail(
-        strict=True, reason="found (confidence 0.97), then demoted by the counterfactual "
-        "confirmation, which re-runs from the daily bucket's start (midnight, 15 h before the "
-        "true onset) and measures 0% explained")),
+    ("upstream_corruption", 216, "daily_stats"),
     ("transform_change", 217, "daily_stats"),
     ("upstream_corruption", 220, "mixed_cadence"),
 ])

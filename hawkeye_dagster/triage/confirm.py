@@ -9,8 +9,9 @@ partition, the pre-ramp traffic fractions), measured by
 :func:`~hawkeye_dagster.analysis.counterfactual.counterfactuals`. Each root
 cause then carries ``explained_share`` and ``counterfactual``, its summary
 leads with the share, and a cause whose repair explains almost nothing of a
-real degradation is demoted (its confidence scaled down, which can turn
-``root_cause_found`` into ``inconclusive``).
+real degradation that another cause's repair explains is demoted (its
+confidence scaled down, which can turn ``root_cause_found`` into
+``inconclusive``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 MAX_ROWS = 20_000
 #: pre-onset history the repairs map onto
 PRE_ONSET = pd.Timedelta("7D")
-#: a cause whose share's upper bound is below this explains almost nothing: demoted
+#: a cause whose share's upper bound is below this explains almost nothing: demoted, where
+#: another candidate's repair explains the degradation
 DEMOTE_SHARE = 0.2
+#: a repair that removes at least this share explains the degradation (the larger part of it)
+EXPLAINS = 0.5
 #: two causes explaining at least this share each, together most, are a compound incident
 COMPOUND_SHARE = 0.25
 
@@ -69,7 +73,9 @@ def confirm_root_causes(run: TriageRun) -> list[Counterfactual]:
     results = counterfactuals(_served(window, features, code), _served(reference, features, code),
                               candidates, models, run.data.task(model_id))
     for cause, result in zip(kept, results):
-        record(cause, result, model_id, onset)
+        rivals = [r.explained_share for r in results if r is not result]
+        record(cause, result, model_id, onset,
+               explained_elsewhere=max(rivals, default=0.0) >= EXPLAINS)
     _step(run, results, model_id, onset)
     run.evidence.counterfactuals = results
     return results
@@ -182,9 +188,16 @@ def _without_partition(run: TriageRun, snapshots: pd.DataFrame,
     return set(snapshots.loc[read, "snapshot_id"]), target
 
 
-def record(cause: dict, result: Counterfactual, model_id: str, onset: pd.Timestamp) -> None:
-    """The share into the cause: its fields, its summary's lead, a demotion if it explains
-    almost nothing of a real degradation."""
+def record(cause: dict, result: Counterfactual, model_id: str, onset: pd.Timestamp, *,
+           explained_elsewhere: bool) -> None:
+    """The share into the cause: its fields, its summary's lead, and a demotion if it explains
+    almost nothing of a real degradation that another candidate's repair does explain.
+
+    A repair is a model of the fix (quantile mapping cannot undo every corruption, and the
+    onset it starts from may be a coarse bucket's), so where no candidate's repair explains the
+    degradation the measurement says more about the repairs than about the causes: the
+    summary says so and the confidence stands.
+    """
     low, high = result.interval
     cause["explained_share"] = round(result.explained_share, 3)
     cause["counterfactual"] = result.to_json()
@@ -193,9 +206,11 @@ def record(cause: dict, result: Counterfactual, model_id: str, onset: pd.Timesta
         cause["summary"] = f"no measurable {rise.replace(' rise', ' change')}; " + cause["summary"]
         return
     lead = f"repairing it removes {result.explained_share:.0%} ({low:.0%}-{high:.0%}) of {rise}"
-    if high < DEMOTE_SHARE:
+    if high < DEMOTE_SHARE and explained_elsewhere:
         cause["confidence"] = round(cause["confidence"] * (0.5 + 0.5 * high / DEMOTE_SHARE), 3)
-        lead += " (demoted: its repair explains almost none of it)"
+        lead += " (demoted: its repair explains almost none of it, another's explains it)"
+    elif high < DEMOTE_SHARE:
+        lead += " (no candidate's repair explains the rise: confidence kept)"
     cause["summary"] = f"{lead}; {cause['summary']}"
 
 
