@@ -46,8 +46,10 @@ class LineageCycleError(ContractError):
     """The lineage graph has a cycle; names the nodes on it."""
 
     def __init__(self, cycle: list[str]):
-        self.cycle = cycle
-        super().__init__("lineage graph has a cycle: " + " -> ".join(cycle + cycle[:1]),
+        # one rotation of the cycle, from its smallest id, whichever node it was found from
+        start = cycle.index(min(cycle)) if cycle else 0
+        self.cycle = cycle[start:] + cycle[:start]
+        super().__init__("lineage graph has a cycle: " + " -> ".join(self.cycle + self.cycle[:1]),
                          table="lineage_edges", column="upstream_id")
 
 

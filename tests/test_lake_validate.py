@@ -124,7 +124,7 @@ CASES = {
         lambda t: _break(t, "lineage_edges", upstream_id=["raw.clicks", "tbl clicks", "clicks.7d"],
                          downstream_id=["tbl clicks", "clicks.7d", "raw.clicks"]),
         {("lineage_edges", "lineage_edges/part-0.parquet", "upstream_id")},
-        "raw.clicks -> tbl clicks -> clicks.7d -> raw.clicks"),
+        "clicks.7d -> raw.clicks -> tbl clicks -> clicks.7d"),  # from the smallest id
     "positions not 0..F-1": (
         lambda t: _break(t, "model_features", position=[0, 1, 3, 0, 1]),
         {("model_features", "model_features/part-0.parquet", "position")}, "'ranker'"),

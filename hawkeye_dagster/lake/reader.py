@@ -157,6 +157,7 @@ class TelemetryReader(abc.ABC):
         wanted = None if columns is None else list(columns)
         read_columns = None if wanted is None else list(dict.fromkeys(wanted + order))
         rows = self._filtered(table, read_columns, time_range, equals, isin)
+        order = [c for c in order if c in rows.column_names]  # a broken table may lack some
         if order and rows.num_rows > 1:
             rows = rows.take(pc.sort_indices(rows, [(c, "ascending") for c in order]))
         return rows if wanted is None or wanted == read_columns else rows.select(wanted)

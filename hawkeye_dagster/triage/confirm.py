@@ -46,8 +46,8 @@ def confirm_root_causes(run: TriageRun) -> list[Counterfactual]:
     """Measure and record every root cause's counterfactual; returns them (for the plots)."""
     causes = run.report.root_causes
     model_id = _model(run)
-    if not causes or model_id is None:
-        return []
+    if not causes or model_id is None or not run.data.reader.has_table("serving_samples"):
+        return []  # nothing served to re-run (a lineage-only lake)
     onset, end = _degradation(run, model_id)
     run.progress(f"counterfactuals: repairing {len(causes)} root causes of {model_id}")
     features = run.data.model_features(model_id)
