@@ -106,7 +106,10 @@ def _wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 
 def test_triage_interrupted_with_ctrl_c_exits_130_and_leaves_no_temporary_folder(lake, tmp_path):
     process, log = _triage(lake, tmp_path, "--feature", "clicks.7d")
     _wait_for(log, "triage of", process)
-    time.sleep(2)                      # into the run: the temporary storage exists
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "tmp").glob("hawkeye-triage-*")):  # into the run: its storage
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130, log.read_text()
     assert "interrupted" in log.read_text() and "Traceback" not in log.read_text()
