@@ -76,14 +76,20 @@ def test_clean_daily_statistics_blame_nothing(graph):
     assert not found["moved"].any() and (found["kind"] == "feature").all()
 
 
+def _x1_breaks_beside_a_change_at(graph, unmeasured: str) -> pd.DataFrame:
+    """Candidates when x1 (with its own code change) breaks, and ``unmeasured``, a node
+    without statistics, had a config change shortly before."""
+    stats = node_stats()
+    stats = shift(stats[stats["node_id"] != unmeasured], ["x1", "nf1", "nf2"], "mean", ONSET,
+                  lambda v: v * 1000)
+    return upstream_root_cause(graph, {"f1": utc(ONSET)}, pivot_by_cadence(stats), changes(
+        (utc("2026-10-11 02:00"), unmeasured, "config", "d1", "new worker pool"),
+        (utc("2026-10-11 04:50"), "x1", "code", "v2", "seconds -> milliseconds"))).candidates
+
+
 def test_a_change_at_a_node_without_statistics_whose_measured_output_stayed_is_no_cause(graph):
     """s2 (no statistics) feeds t1, which did not move: its change moved nothing; x1's did."""
-    stats = node_stats()
-    stats = shift(stats[stats["node_id"] != "s2"], ["x1", "nf1", "nf2"], "mean", ONSET,
-                  lambda v: v * 1000)
-    found = upstream_root_cause(graph, {"f1": utc(ONSET)}, pivot_by_cadence(stats), changes(
-        (utc("2026-10-11 02:00"), "s2", "config", "d1", "new worker pool"),
-        (utc("2026-10-11 04:50"), "x1", "code", "v2", "seconds -> milliseconds"))).candidates
+    found = _x1_breaks_beside_a_change_at(graph, "s2")
     top = found.iloc[0]
     assert (top["kind"], top["id"], top["version"]) == ("lineage_change", "x1", "v2")
     assert "s2" not in set(found["id"])
@@ -91,11 +97,5 @@ def test_a_change_at_a_node_without_statistics_whose_measured_output_stayed_is_n
 
 def test_a_move_inferred_above_does_not_outrank_a_measured_move_with_its_own_change(graph):
     """t1 has no statistics and a change before the onset; x1 moved with its own change."""
-    stats = node_stats()
-    stats = shift(stats[stats["node_id"] != "t1"], ["x1", "nf1", "nf2"], "mean", ONSET,
-                  lambda v: v * 1000)
-    found = upstream_root_cause(graph, {"f1": utc(ONSET)}, pivot_by_cadence(stats), changes(
-        (utc("2026-10-11 02:00"), "t1", "config", "d1", "new worker pool"),
-        (utc("2026-10-11 04:50"), "x1", "code", "v2", "seconds -> milliseconds"))).candidates
-    top = found.iloc[0]
+    top = _x1_breaks_beside_a_change_at(graph, "t1").iloc[0]
     assert (top["kind"], top["id"]) == ("lineage_change", "x1") and top["origin"]
