@@ -32,10 +32,11 @@ from hawkeye_dagster.assets import automation
 from hawkeye_dagster.assets.metadata import md_table, saved_png_md
 from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.run_launcher import CRASH_RETRY_TAGS
 from hawkeye_dagster.sensors.feature_alerts import HEALTH_ALERTS_DIR
+from hawkeye_dagster.time_range import TimeRange
 
 GROUP = "features"
 OWNERS = ["team:ml-features"]

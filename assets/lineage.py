@@ -29,8 +29,8 @@ from hawkeye_dagster.assets.metadata import png_md
 from hawkeye_dagster.assets.telemetry import telemetry_key
 from hawkeye_dagster.assets.triage import read_incident
 from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage.entry import entry_features, entry_onsets
 
 GROUP = "lineage"

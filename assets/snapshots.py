@@ -25,9 +25,10 @@ from hawkeye_dagster.assets.partitions import snapshot_partitions
 from hawkeye_dagster.assets.metadata import md_table, saved_png_md
 from hawkeye_dagster.assets.telemetry import all_partitions, telemetry_key
 from hawkeye_dagster.errors import BadSnapshotError, ContractError, UnknownIdError
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.run_launcher import CRASH_RETRY_TAGS
+from hawkeye_dagster.time_range import TimeRange
 
 GROUP = "snapshots"
 OWNERS = ["team:ml-modeling"]

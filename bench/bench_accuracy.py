@@ -49,8 +49,9 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.changepoints import pivot_node_stats
 from hawkeye_dagster.lake.open import open_lake
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.simulate import FACTORS, SCENARIOS, simulate
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage.tree import run_triage
 
 WORK = Path(__file__).resolve().parent / ".work" / "lakes"

@@ -46,7 +46,7 @@ def _floor(lake: Path, days: list[str]) -> float:
     from hawkeye_dagster.analysis.serving_stats import (lake_hourly_stats, lake_reference,
                                                         model_features)
     from hawkeye_dagster.lake.open import open_lake
-    from hawkeye_dagster.lake.reader import TimeRange
+    from hawkeye_dagster.time_range import TimeRange
 
     started = time.perf_counter()
     reader = open_lake(lake=str(lake))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from bench.timing import interleaved
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 WORK = Path(__file__).resolve().parent / ".work" / "read"
 MODEL, DAY = "ranker v2", "2026-03-04"

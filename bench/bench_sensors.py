@@ -30,8 +30,8 @@ from bench._sensor_data import (ROWS_PER_FILE, START, alert_lake, snapshot_lake,
 from bench.run import record
 from bench.timing import best_of
 from hawkeye_dagster.lake.open import open_lake
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.time_range import TimeRange
 
 NEW_ALERTS = 100
 NEW_SNAPSHOTS = 10

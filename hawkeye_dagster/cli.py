@@ -53,7 +53,7 @@ def _timestamp(value: str):
     """An ISO-8601 option value as a UTC timestamp; argparse names the option when refused."""
     import pandas as pd
 
-    from hawkeye_dagster.lake.reader import as_utc
+    from hawkeye_dagster.time_range import as_utc
 
     try:
         ts = as_utc(value)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 EntryKind = Literal["topline", "feature_alert", "snapshot", "auto"]
 INCIDENTS_DIR = "incidents"

@@ -30,9 +30,10 @@ from hawkeye_dagster.analysis.topline import detect_topline_anomalies
 from hawkeye_dagster.assets.partitions import incident_partitions
 from hawkeye_dagster.assets.triage import incident_report_job
 from hawkeye_dagster.incidents import INCIDENT_RUN_TAGS, Incident
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors import open_incident
+from hawkeye_dagster.time_range import TimeRange
 
 #: the stretch of the top line scanned at once for a new degradation
 SCAN = pd.Timedelta("2D")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hawkeye_dagster.simulate import simulate
+from triage_reports import worlds  # noqa: F401  (a session fixture)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ from hawkeye_dagster.analysis.counterfactual import Candidate, ServedRows, count
 from hawkeye_dagster.analysis.model_isolation import row_loss
 from hawkeye_dagster.analysis.program_batches import run_program
 from hawkeye_dagster.lake.open import open_lake
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.snapshot_io import load_artifact
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage.report import validate_report
 from hawkeye_dagster.triage.summary import format_report, report_markdown
 from hawkeye_dagster.triage.tree import run_triage

@@ -7,7 +7,7 @@ import pytest
 from feature_world import FEATURES, START, serving
 from hawkeye_dagster.analysis.feature_isolation import isolate_features
 from hawkeye_dagster.analysis.feature_stats import PREDICTION, hourly_stats, reference_profile
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 ONSET = START + pd.Timedelta("7D 14h")
 WINDOW = TimeRange(START + pd.Timedelta("7D 12h"), START + pd.Timedelta("8D"))

@@ -12,7 +12,7 @@ from hawkeye_dagster.analysis.feature_ranking import (
     RANKING_COLUMNS, combine_evidence, rank_features)
 from hawkeye_dagster.analysis.feature_stats import PREDICTION, hourly_stats, reference_profile
 from hawkeye_dagster.lake.open import open_lake
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 ONSET = START + pd.Timedelta("7D 14h")
 END = START + pd.Timedelta("8D")

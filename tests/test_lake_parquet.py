@@ -17,7 +17,7 @@ from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.conform import ARROW_TYPES, TIMESTAMP
 from hawkeye_dagster.lake.open import open_lake
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 from lake_factory import ADS, FEATURES, RANKER, START, lake_tables, write_lake
 
 

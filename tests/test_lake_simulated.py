@@ -7,8 +7,8 @@ import pytest
 
 from hawkeye_dagster.contract import TABLES
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.validate import validate_lake
+from hawkeye_dagster.time_range import TimeRange
 from lake_factory import assert_same
 
 

@@ -14,9 +14,9 @@ from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.conform import TIMESTAMP
 from hawkeye_dagster.lake.open import open_lake
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
+from hawkeye_dagster.time_range import TimeRange
 from lake_factory import ADS, RANKER, START, assert_same, postgres_schema, write_lake
 
 

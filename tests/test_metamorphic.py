@@ -18,16 +18,10 @@ and the simulator's own varied encoding of every scenario.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import io
-import json
-import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -40,89 +34,13 @@ from hawkeye_dagster.lake.open import open_lake
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.validate import validate_lake
 from hawkeye_dagster.simulate.scenarios import SCENARIOS
-from hawkeye_dagster.triage.command import triage_command
 from lake_factory import lake_tables, logical, sql_url_copy
+from triage_reports import World, report_differences, triage
 
 FAST_DRAWS = [("demo", 1), ("clean", 2)]
 #: draws per scenario in the slow suite: one in CI; ``HAWKEYE_METAMORPHIC_DRAWS=20`` for a sweep
 SLOW_DRAWS = [(scenario, seed) for scenario in SCENARIOS
               for seed in range(100, 100 + int(os.environ.get("HAWKEYE_METAMORPHIC_DRAWS", "1")))]
-TOLERANCE = 1e-9
-
-
-@dataclass
-class World:
-    scenario: str
-    logical: R.Logical
-    #: the world in the canonical encoding, and its reports by entry name
-    canonical: Path
-    entries: dict[str, dict]
-    reports: dict[str, dict]
-
-
-def triage(lake: str | None = None, sql: str | None = None, **options) -> dict:
-    """The JSON report of ``hawkeye-dagster triage --json``, run in-process as the CLI runs it."""
-    args = {"lake": lake, "sql": sql, "start": None, "end": None, "product": None,
-            "segment": None, "snapshot": None, "feature": None, "json": True, **options}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert triage_command(argparse.Namespace(**args), progress=lambda _: None) == 0
-    return json.loads(out.getvalue())
-
-
-def triage_entries(truth: dict) -> dict[str, dict]:
-    """Triage options per entry: the automatic one and each incident's own, with its window (a
-    clean world's "incidents" are a routine top line, snapshot and info alert: no issue)."""
-    entries = {"auto": {}}
-    for incident in truth["incidents"]:
-        entry, window = incident["entry"], incident["window"]
-        options = {"start": window["start"], "end": window["end"]}
-        options.update({"topline": {"product": entry.get("product"),
-                                    "segment": entry.get("segment")},
-                        "snapshot": {"snapshot": entry.get("snapshot")},
-                        "feature_alert": {"feature": entry.get("feature")}}[entry["kind"]])
-        entries[incident["name"]] = options
-    return entries
-
-
-@pytest.fixture(scope="session")
-def worlds(simulated, tmp_path_factory):
-    """``get(scenario)``: the :class:`World` of a simulated scenario (small, seed 0), built once."""
-    built: dict[str, World] = {}
-
-    def get(scenario: str) -> World:
-        if scenario not in built:
-            lake, truth = simulated(scenario)
-            content = R.read_lake(lake)
-            canonical = R.write_encoded(tmp_path_factory.mktemp(f"{scenario}-canonical"),
-                                        content, R.canonical_encoding(content))
-            entries = triage_entries(truth)
-            built[scenario] = World(scenario, content, canonical, entries,
-                                    {name: triage(lake=str(canonical), **options)
-                                     for name, options in entries.items()})
-        return built[scenario]
-
-    return get
-
-
-def report_differences(expected, got, path: str = "report") -> list[str]:
-    """Where two reports differ: every value equal, floats to a relative 1e-9, lists in order."""
-    if isinstance(expected, dict) and isinstance(got, dict):
-        return [d for k in sorted(set(expected) | set(got), key=str)
-                for d in (report_differences(expected[k], got[k], f"{path}.{k}")
-                          if k in expected and k in got else [f"{path}.{k}: in one report only"])]
-    if isinstance(expected, list) and isinstance(got, list):
-        if len(expected) != len(got):
-            return [f"{path}: {len(expected)} items != {len(got)}"]
-        return [d for i, (a, b) in enumerate(zip(expected, got))
-                for d in report_differences(a, b, f"{path}[{i}]")]
-    if isinstance(expected, float) and isinstance(got, float):
-        same = math.isclose(expected, got, rel_tol=TOLERANCE, abs_tol=TOLERANCE) or \
-            (math.isnan(expected) and math.isnan(got))
-        return [] if same else [f"{path}: {expected!r} != {got!r}"]
-    return [] if expected == got else [f"{path}: {expected!r} != {got!r}"]
-
-
 def artifact_renames(world: World, root: Path, *, absolute: bool = False) -> dict[str, str]:
     """Each re-encoded ``snapshots.artifact`` value (and, for SQL copies, its absolute path) ->
     the canonical value, longest first."""

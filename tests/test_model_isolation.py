@@ -10,7 +10,7 @@ import serving_world as world
 from hawkeye_dagster.analysis.model_isolation import (
     EPS, bucket_quality, degradation_z, rank_models, row_loss)
 from hawkeye_dagster.analysis.topline import detect_topline_anomalies, seasonal_scores
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 WINDOW = TimeRange.of(world.START + pd.Timedelta("7D"), world.START + pd.Timedelta("14D"))
 BINARY = "binary_classification"

@@ -41,10 +41,10 @@ from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.lineage_union import merge_lineage
 from hawkeye_dagster.lake.openlineage import DatasetMapping, read_openlineage
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.mitigation.planning import plan_pause
 from hawkeye_dagster.resources import TelemetrySource
+from hawkeye_dagster.time_range import TimeRange
 
 DB, REPLICA, S3, KAFKA = "postgres://db:5432", "postgres://replica:5432", "s3://bucket", \
     "kafka://broker:9092"

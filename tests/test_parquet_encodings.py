@@ -19,7 +19,7 @@ import pytest
 
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 START = pd.Timestamp("2026-03-01", tz="UTC")
 #: (unit, zone) of the timestamp encodings a writer may use; None = naive (meaning UTC)

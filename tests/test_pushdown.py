@@ -20,10 +20,10 @@ from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.pushdown import bin_thresholds, hourly_aggregates, hourly_histograms
 from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.time_range import TimeRange
 from lake_factory import RANKER, START, lake_tables, postgres_schema, sql_copy, write_lake
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)

@@ -25,9 +25,9 @@ from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.pushdown import hourly_aggregates, hourly_histograms
 from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.lake.validate import validate_lake
+from hawkeye_dagster.time_range import TimeRange
 from lake_factory import ADS, RANKER, START, assert_same, postgres_schema, write_lake
 from sql_encodings import SQLITE_TIMESTAMPS, Encoding, write_sql
 from test_pushdown import DAY, FIXED, assert_same_stats, awkward_tables, tricky_edges

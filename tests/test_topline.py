@@ -8,7 +8,7 @@ import pytest
 
 from hawkeye_dagster.analysis.topline import (cusum_excursions, detect_topline_anomalies,
                                               seasonal_scores)
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 START = pd.Timestamp("2026-10-01", tz="UTC")
 WINDOW = TimeRange.of(START + pd.Timedelta("7D"), START + pd.Timedelta("14D"))

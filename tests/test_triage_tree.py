@@ -6,7 +6,7 @@ import pytest
 
 from hawkeye_dagster.errors import UnknownIdError
 from hawkeye_dagster.lake.open import open_lake
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage.report import validate_report
 from hawkeye_dagster.triage.tree import run_triage
 

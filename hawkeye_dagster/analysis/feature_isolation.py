@@ -33,7 +33,7 @@ from scipy import stats as sps
 from hawkeye_dagster.analysis.drift import drift_table
 from hawkeye_dagster.analysis.feature_stats import PREDICTION, FeatureStats, ReferenceProfile
 from hawkeye_dagster.analysis.topline import MAD_TO_SD, cusum_excursions, in_range
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 FEATURE_VIEWS = ("mean", "std", "null_fraction", "psi")
 PREDICTION_VIEWS = ("mean", "p50", "psi")

@@ -39,7 +39,8 @@ from hawkeye_dagster.analysis.feature_stats import N_BINS, ReferenceProfile
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
 from hawkeye_dagster.analysis.serving_stats import lake_edges, lake_stats, model_features
 from hawkeye_dagster.errors import BadSnapshotError, UnknownIdError
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.time_range import TimeRange
 
 RANKING_COLUMNS = ("feature", "score", "p_value", "significant", "reasons", "onset", "view", "z",
                    "corr", "share", "importance_ratio")

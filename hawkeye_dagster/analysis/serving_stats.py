@@ -17,8 +17,9 @@ from hawkeye_dagster.analysis.feature_stats import (N_BINS, PREDICTION, FeatureS
                                                     reference_edges)
 from hawkeye_dagster.errors import UnknownIdError
 from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.lake.sql import SqlLake
+from hawkeye_dagster.time_range import TimeRange
 
 #: rows sampled across the days that bin edges are learned from
 EDGE_ROWS = 100_000

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hawkeye_dagster.contract import higher_is_better
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 SERIES_KEYS = ["product", "segment", "metric"]
 _DAY = pd.Timedelta("1D")

@@ -32,7 +32,8 @@ import pandas as pd
 from hawkeye_dagster.analysis.changepoints import (detect_changepoints, pivot_by_cadence,
                                                    select_nodes, series_cadence)
 from hawkeye_dagster.analysis.lineage_graph import feature_node
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange, as_utc
+from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.time_range import TimeRange, as_utc
 
 #: logistic weights of the evidence columns :data:`EVIDENCE` (see :func:`confidence`)
 CONFIDENCE_WEIGHTS = {"intercept": -5.0, "moved": 1.0, "origin": 4.0, "change": 1.5,

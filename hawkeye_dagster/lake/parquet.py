@@ -35,7 +35,8 @@ from hawkeye_dagster.lake.conform import (
     unified_schema,
 )
 from hawkeye_dagster.lake.location import filesystem_for, is_absolute, is_url, open_input
-from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
+from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, table_spec
+from hawkeye_dagster.time_range import TimeRange
 
 #: the partition key holding the UTC date of the time column (``serving_samples``)
 DATE_KEY = "date"

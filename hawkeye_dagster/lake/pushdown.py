@@ -31,8 +31,9 @@ from sqlalchemy.dialects import postgresql
 
 from hawkeye_dagster.analysis.feature_stats import QUANTILE_NAMES, QUANTILES, check_edges
 from hawkeye_dagster.errors import ContractError
-from hawkeye_dagster.lake.reader import TimeRange, table_spec
+from hawkeye_dagster.lake.reader import table_spec
 from hawkeye_dagster.lake.sql import SqlLake
+from hawkeye_dagster.time_range import TimeRange
 
 #: columns summarized per query (PostgreSQL allows 1664 select items; each column takes 8)
 COLUMNS_PER_QUERY = 150

@@ -19,8 +19,8 @@ import pandas as pd
 from hawkeye_dagster.analysis.feature_stats import COUNT_STATS, VALUE_STATS, FeatureStats
 from hawkeye_dagster.lake.conform import TIMESTAMP
 from hawkeye_dagster.lake.pushdown import HOUR, hourly_aggregates, hourly_histograms
-from hawkeye_dagster.lake.reader import TimeRange
 from hawkeye_dagster.lake.sql import SqlLake
+from hawkeye_dagster.time_range import TimeRange
 
 
 def hourly_feature_stats(lake: SqlLake, columns: Sequence[str], edges: np.ndarray, *,

@@ -23,37 +23,9 @@ import pyarrow.compute as pc
 
 from hawkeye_dagster.contract import TABLES, TableSpec
 from hawkeye_dagster.errors import ContractError
-from hawkeye_dagster.lake.conform import TIMESTAMP, contract_schema
+from hawkeye_dagster.lake.conform import contract_schema
 from hawkeye_dagster.lake.lineage_union import LINEAGE_TABLES, merge_lineage
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    """A half-open UTC interval ``[start, end)``; ``None`` means unbounded."""
-
-    start: pd.Timestamp | None = None
-    end: pd.Timestamp | None = None
-
-    @classmethod
-    def of(cls, start=None, end=None) -> "TimeRange":
-        return cls(as_utc(start), as_utc(end))
-
-    def expression(self, column: str) -> pc.Expression | None:
-        """The Arrow filter ``start <= column < end`` (``None`` when unbounded both ways)."""
-        bounds = []
-        if self.start is not None:
-            bounds.append(pc.field(column) >= pa.scalar(self.start.as_unit("ns").value, TIMESTAMP))
-        if self.end is not None:
-            bounds.append(pc.field(column) < pa.scalar(self.end.as_unit("ns").value, TIMESTAMP))
-        return functools.reduce(operator.and_, bounds) if bounds else None
-
-
-def as_utc(value) -> pd.Timestamp | None:
-    """A timestamp (string, datetime, Timestamp) in UTC; naive times are taken as UTC."""
-    if value is None:
-        return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+from hawkeye_dagster.time_range import TimeRange
 
 
 def table_spec(table: str) -> TableSpec:

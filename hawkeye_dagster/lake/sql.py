@@ -38,8 +38,9 @@ from hawkeye_dagster.contract import TABLES, Kind, TableSpec
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.conform import TIMESTAMP, conform, contract_schema, ordered_names
 from hawkeye_dagster.lake.location import is_absolute, open_input
-from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
+from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, table_spec
 from hawkeye_dagster.settings import redact_url
+from hawkeye_dagster.time_range import TimeRange
 
 #: the instants a stored timestamp may hold, ``[EARLIEST, LATEST)``: whole days inside the
 #: range of nanosecond timestamps

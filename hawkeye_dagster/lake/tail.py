@@ -29,7 +29,8 @@ import pandas as pd
 
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.parquet import ParquetLake
-from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, TimeRange, table_spec
+from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, table_spec
+from hawkeye_dagster.time_range import TimeRange
 
 #: a Parquet file may become visible up to this long after a newer one (slow writers)
 GRACE = pd.Timedelta(minutes=10)

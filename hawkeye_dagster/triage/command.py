@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from hawkeye_dagster.errors import UnknownIdError
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 
 Progress = Callable[[str], None]
 #: the ``triage`` options that name an entry of each kind, by entry key

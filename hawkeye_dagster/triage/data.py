@@ -13,7 +13,8 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
 from hawkeye_dagster.contract import TABLES
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.time_range import TimeRange
 
 #: history before the window that anomalies are judged against
 REFERENCE = pd.Timedelta("7D")

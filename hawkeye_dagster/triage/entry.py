@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from hawkeye_dagster.errors import ContractError, UnknownIdError
-from hawkeye_dagster.lake.reader import TelemetryReader, TimeRange
+from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage.report import iso
 
 ENTRY_KINDS = ("topline", "feature_alert", "snapshot", "auto")
