@@ -10,6 +10,7 @@ import struct
 import warnings
 
 import dagster as dg
+import networkx as nx
 import pytest
 
 from hawkeye_dagster.assets import features, telemetry
@@ -38,8 +39,9 @@ def _pictures(markdown: str) -> dict[str, bytes]:
             re.findall(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)}
 
 
-def _assert_readable_png(png: bytes, width: int = 1600) -> None:
-    """A PNG of the given width (its IHDR header), large enough to hold a drawing."""
+def _assert_readable_png(png: bytes, width: int = 1200) -> None:
+    """A PNG of the given width (its IHDR header), large enough to hold a drawing: 1200 px
+    fits Dagster's markdown dialog (about 1280 px) without cutting the right side."""
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     found_width, height = struct.unpack(">II", png[16:24])
     assert found_width == width and height > 300
@@ -125,3 +127,36 @@ def test_the_ranking_plots_its_top_features_hourly_shift(simulated, tmp_path):
     png = _pictures(ranking.metadata["hourly_shift"].value)["ranking_hourly_shift.png"]
     _assert_readable_png(png)
     assert (tmp_path / features.STORE / model / "ranking_hourly_shift.png").exists()
+
+
+def test_a_wide_model_graph_keeps_the_dialog_width():
+    """A row of more boxes than fit 1200 px gets smaller labels and wraps, never a wider PNG."""
+    import json
+
+    import pandas as pd
+
+    from hawkeye_dagster.analysis import model_graph_plot as plot
+
+    def node(name, op, batched=True, bad=False):
+        return {"node": name, "op": op, "target": "aten.linear" if op == "call_function" else op,
+                "shape": json.dumps([4, 16]), "batched": batched, "min": -1.5, "max": 2.25,
+                "nan_rows": 3 * bad, "inf_rows": 0, "extreme_rows": 0, "nonfinite_values": 0,
+                "bad": bad}
+
+    nodes = [node("x", "placeholder"), node("cat", "call_function", bad=True)]
+    edges = []
+    for i in range(14):
+        nodes += [node(f"branch_linear_{i}", "call_function", bad=i == 1),
+                  node(f"branch_{i}_weight", "get_attr", batched=False)]
+        edges += [("x", f"branch_linear_{i}"), (f"branch_{i}_weight", f"branch_linear_{i}"),
+                  (f"branch_linear_{i}", "cat")]
+    edges.append(("cat", "output"))
+    edges, nodes = pd.DataFrame(edges, columns=["source", "target"]), pd.DataFrame(nodes)
+    png = plot.model_graph_plot(edges, nodes, walk=["x", "branch_linear_1", "cat", "output"],
+                                features=["likes 7d"], title="a wide graph")
+    _assert_readable_png(png)
+    position, columns, lines = plot._layout(
+        nx.DiGraph(list(edges.itertuples(index=False))), nodes.set_index("node"),
+        plot._columns(24, plot.MIN_FONT))
+    assert columns <= plot._columns(24, plot.MIN_FONT) and lines > 4
+    assert max(x for x, _ in position.values()) < columns

@@ -4,9 +4,12 @@ One box per node of the exported program (inputs at the top, the output at the b
 parameters beside the node that reads them) with its output's range over finite values and
 how many rows hold NaN, inf or extreme values. Bad nodes are red, and the walk the diagnosis
 found (from the responsible input feature through the first bad node to the output) is drawn
-as a red path. Drawn with networkx and matplotlib (no system package), 1600 px wide; a graph
-of more than :data:`MAX_DRAWN_NODES` nodes is cut to the start of the walk, its first bad node
-and its end (with what feeds them), since a picture of every node would be unreadable.
+as a red path. Drawn with networkx and matplotlib (no system package), :data:`WIDTH_IN` inches
+at 100 dpi (1200 px: Dagster's markdown dialog shows about 1280); a row of more boxes than fit
+at the full label size gets smaller labels, down to :data:`MIN_FONT`, then wraps onto further
+lines. A graph of more than :data:`MAX_DRAWN_NODES` nodes is cut to the start of the walk, its
+first bad node and its end (with what feeds them), since a picture of every node would be
+unreadable.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ _FEATURE = "feature: "
 _GAP = "... "
 #: nodes of a large graph's walk kept at its start, around its first bad node and at its end
 _CONTEXT = 3
+#: the picture's width in inches (at 100 dpi)
+WIDTH_IN = 12.0
+#: label sizes in points: the full one, and the smallest before rows wrap
+FONT, MIN_FONT = 9.0, 7.0
 _COLORS = {"bad": "#f8c9c9", "param": "#fff2cc", "input": "#d9ead3", "node": "#e8eef6",
            "gap": "white"}
 
@@ -76,14 +83,23 @@ def model_graph_plot(edges: pd.DataFrame, nodes: pd.DataFrame, *, walk: Sequence
     walk = ([_FEATURE + features[0]] if walk and len(features) else []) + walk
     on_walk = set(zip(walk, walk[1:]))
 
+    labels = {node: _label(node, stats) for node in graph}
+    chars = max(len(line) for label in labels.values() for line in label.split("\n"))
     position, width, depth = _layout(graph, stats)
-    figure = Figure(figsize=(max(16.0, 2.0 * width), 1.1 * depth + 0.8))
-    ax = figure.add_axes((0.01, 0.01, 0.98, 0.9 if title else 0.97))
+    font = _font(chars, width)
+    if font < MIN_FONT:  # too many boxes side by side even with small labels: wrap the rows
+        font = MIN_FONT
+        position, width, depth = _layout(graph, stats, _columns(chars, MIN_FONT))
+    height = 1.1 * depth + 0.8
+    figure = Figure(figsize=(WIDTH_IN, height))
+    ax = figure.add_axes((0.01, 0.01, 0.98, 1 - (0.75 if title else 0.45) / height))
     for source, target in graph.edges:
         (x0, y0), (x1, y1) = position[source], position[target]
         red = (source, target) in on_walk
         if y0 == y1:  # a parameter beside its reader: side to side
             start, end = (x0 - 0.45, y0), (x1 + 0.45, y1)
+        elif y0 < y1:  # a wrapped row's parameter below its reader
+            start, end = (x0, y0 + 0.33), (x1, y1 - 0.33)
         else:
             start, end = (x0, y0 - 0.33), (x1, y1 + 0.33)
         ax.annotate("", xy=end, xytext=start, zorder=1,
@@ -92,7 +108,7 @@ def model_graph_plot(edges: pd.DataFrame, nodes: pd.DataFrame, *, walk: Sequence
     walked = set(walk)
     for node, (x, y) in position.items():
         kind = _kind(node, stats)
-        ax.text(x, y, _label(node, stats), ha="center", va="center", fontsize=9, zorder=2,
+        ax.text(x, y, labels[node], ha="center", va="center", fontsize=font, zorder=2,
                 family="monospace",
                 bbox={"boxstyle": "round,pad=0.4", "fc": _COLORS[kind],
                       "ec": "tab:red" if node in walked or kind == "bad" else "#666",
@@ -101,10 +117,11 @@ def model_graph_plot(edges: pd.DataFrame, nodes: pd.DataFrame, *, walk: Sequence
     ax.set_ylim(-depth + 0.45, 0.55)
     ax.set_axis_off()
     note = f" ({shown} of its {total} nodes)" if shown < total else ""
-    if title or note:
-        figure.suptitle(title + note, fontsize=13, x=0.01, ha="left")
-    figure.text(0.99, 0.995, "red: NaN/inf/extreme values; red path: input feature -> first bad "
-                "node -> output", ha="right", va="top", fontsize=10)
+    if title or note:  # the title, then the key on a line of its own (both fit 1200 px)
+        figure.text(0.01, 1 - 0.08 / height, title + note, fontsize=13, ha="left", va="top")
+    figure.text(0.01, 1 - (0.42 if title or note else 0.08) / height,
+                "red: NaN/inf/extreme values; red path: input feature -> first bad node -> "
+                "output", ha="left", va="top", fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
@@ -145,10 +162,31 @@ def _kind(node: str, stats: pd.DataFrame) -> str:
     return {"get_attr": "param", "placeholder": "input"}.get(row["op"], "node")
 
 
-def _layout(graph: nx.DiGraph, stats: pd.DataFrame) -> tuple[dict, int, int]:
+def _column_in(chars: int, font: float) -> float:
+    """The inches one column takes for labels of ``chars`` monospace characters a line at
+    ``font`` points: the text (0.6 em a character), the box's padding and a gap."""
+    return chars * 0.6 * font / 72 + 0.35
+
+
+def _font(chars: int, columns: int) -> float:
+    """The largest label size, up to :data:`FONT`, at which ``columns`` boxes fit side by side
+    in the picture's width."""
+    room = WIDTH_IN * 0.98 / max(columns, 1) - 0.35
+    return min(FONT, room * 72 / (0.6 * max(chars, 1)))
+
+
+def _columns(chars: int, font: float) -> int:
+    """How many boxes fit side by side at ``font`` points."""
+    return max(2, int(WIDTH_IN * 0.98 // _column_in(chars, font)))
+
+
+def _layout(graph: nx.DiGraph, stats: pd.DataFrame,
+            columns: int | None = None) -> tuple[dict, int, int]:
     """Rows by longest path from the inputs, each ordered by the mean position of its nodes'
-    parents and centred; parameters to the right, in the row of the node reading them.
-    Returns (positions, columns, rows)."""
+    parents and centred; parameters to the right, in the row of the node reading them. With
+    ``columns``, where a row and its parameters are more boxes than that, each parameter goes
+    right of the node reading it and the row wraps onto further lines of at most ``columns``
+    boxes. Returns (positions, columns, lines)."""
     params = {n for n in graph if _kind(n, stats) == "param"}
     flow = graph.subgraph(n for n in graph if n not in params)
     layer: dict[str, int] = {}
@@ -162,18 +200,37 @@ def _layout(graph: nx.DiGraph, stats: pd.DataFrame) -> tuple[dict, int, int]:
         readers = [layer[s] for s in graph.successors(node) if s in layer]
         side.setdefault(min(readers) if readers else 0, []).append(node)
     width = max(len(r) for r in rows.values())
+    beside = max(map(len, side.values()), default=0)
+    wrap = columns is not None and width + beside > columns
     position: dict[str, tuple[float, float]] = {}
+    line = 0
     for depth in sorted(rows):
         def parents_x(node: str) -> float:
             xs = [position[p][0] for p in flow.predecessors(node)]
             return float(np.mean(xs)) if xs else 0.0
 
         row = sorted(rows[depth], key=parents_x)
-        offset = (width - len(row)) / 2
-        position.update({node: (offset + i, -float(depth)) for i, node in enumerate(row)})
-        position.update({node: (width + i, -float(depth))
-                         for i, node in enumerate(side.get(depth, []))})
-    return position, width + max(map(len, side.values()), default=0), len(rows)
+        if not wrap:
+            position.update({node: ((width - len(row)) / 2 + i, -float(line))
+                             for i, node in enumerate(row)})
+            position.update({node: (width + i, -float(line))
+                             for i, node in enumerate(side.get(depth, []))})
+            line += 1
+            continue
+        # each node followed by the parameters it is the first in its row to read
+        params = set(side.get(depth, []))
+        boxes = []
+        for node in row:
+            mine = sorted(p for p in params if node in graph.successors(p))
+            params -= set(mine)
+            boxes += [node, *mine]
+        boxes += sorted(params)
+        lines = [boxes[i:i + columns] for i in range(0, len(boxes), columns)]
+        for chunk in lines:
+            position.update({node: ((columns - len(chunk)) / 2 + i, -float(line))
+                             for i, node in enumerate(chunk)})
+            line += 1
+    return position, columns if wrap else width + beside, line
 
 
 def _label(node: str, stats: pd.DataFrame) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 if TYPE_CHECKING:
-    from hawkeye_dagster.triage.tree import Evidence
+    from hawkeye_dagster.triage.evidence import Evidence
 
 _SIZE = (9, 3.2)
 #: node statistics drawn first on the lineage path (the contract's required ones)
@@ -97,7 +97,7 @@ def features_plot(evidence: Evidence, top: int = 10) -> bytes | None:
 def lineage_plot(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> bytes | None:
     """The lineage path from the root cause down to a feature, one row per node with its
     statistics over time (``node_stats``: ``lineage_node_stats`` rows of the path's nodes),
-    the onset marked; 1600 px wide."""
+    the onset marked; 1200 px wide (Dagster's markdown dialog shows about 1280)."""
     path = evidence.lineage_path
     if not path:
         return None
@@ -106,7 +106,7 @@ def lineage_plot(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> 
     present = set(stats["stat"])
     names = ([n for n in _NODE_STATS if n in present]
              + sorted(present - set(_NODE_STATS)))[:_MAX_NODE_STATS] or ["no statistics"]
-    fig, axes = _figure((16, 1.9 * len(path) + 0.8), len(path), len(names), dpi=100,
+    fig, axes = _figure((12, 1.8 * len(path) + 0.8), len(path), len(names), dpi=100,
                         sharex=True, squeeze=False)
     for i, node in enumerate(path):
         role = " (root cause)" if i == 0 else (" (feature)" if i == len(path) - 1 else "")
@@ -120,11 +120,12 @@ def lineage_plot(evidence: Evidence, node_stats: pd.DataFrame | None = None) -> 
                 ax.text(0.5, 0.5, "no statistics", transform=ax.transAxes, ha="center",
                         va="center", color="gray", fontsize=11)
             _mark_incident(ax, evidence)
-            ax.tick_params(labelsize=10)
+            ax.tick_params(labelsize=9)
             if i == 0:
                 ax.set_title(name.replace("_", " "), fontsize=12)
-            if j == 0:
-                ax.set_ylabel(f"{i + 1}. {node}{role}", fontsize=11, rotation=0, ha="right",
+            if j == 0:  # the role on a line of its own: narrower, more room for the plots
+                ax.set_ylabel(f"{i + 1}. {node}" + (f"\n{role.strip()}" if role else ""),
+                              fontsize=10.5, rotation=0, ha="right",
                               va="center",
                               color="tab:red" if i == 0 else "black")
     import matplotlib.dates as mdates
