@@ -114,7 +114,7 @@ def _store_reference(reader: TelemetryReader, storage: HawkeyeStorage, model_id:
     """Compute and store a model's reference profile and health limits; their metadata, or
     ``None`` when the model served nothing in the window."""
     from hawkeye_dagster.analysis.feature_health import learn_thresholds
-    from hawkeye_dagster.analysis.serving_stats import lake_reference
+    from hawkeye_dagster.gather.serving_stats import lake_reference
 
     dates = _served_dates(reader, model_id)
     if not dates and config.start is None:
@@ -150,7 +150,7 @@ def _stats_reference(context: dg.AssetExecutionContext, reader: TelemetryReader,
     stored, and recorded as a materialization of the model's ``feature_reference`` partition,
     so the UI shows where it came from and the automation does not compute it again (a
     configured reference is materialized from that asset)."""
-    from hawkeye_dagster.analysis.serving_stats import model_features
+    from hawkeye_dagster.gather.serving_stats import model_features
 
     if not storage.exists(STORE, model_id, "reference.parquet"):
         metadata = _store_reference(reader, storage, model_id, ReferenceConfig())
@@ -188,7 +188,7 @@ def feature_stats(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
     from hawkeye_dagster.analysis.feature_health import CHECKS, check_frame
     from hawkeye_dagster.analysis.feature_plots import shifted_features_plot
     from hawkeye_dagster.analysis.feature_stats import PREDICTION
-    from hawkeye_dagster.analysis.serving_stats import lake_hourly_stats
+    from hawkeye_dagster.gather.serving_stats import lake_hourly_stats
 
     reader = telemetry.reader()
     done, frames, shifted, references = [], [], None, {}
@@ -332,7 +332,7 @@ class RankingConfig(dg.Config):
 def feature_ranking(context: dg.AssetExecutionContext, config: RankingConfig,
                     telemetry: TelemetrySource, storage: HawkeyeStorage) -> dg.MaterializeResult:
     from hawkeye_dagster.analysis.feature_plots import ranking_plot
-    from hawkeye_dagster.analysis.feature_ranking import rank_features
+    from hawkeye_dagster.gather.feature_ranking import rank_features
 
     model_id = context.partition_key
     reader = telemetry.reader()
@@ -373,7 +373,7 @@ def _hourly_shift_png(reader: TelemetryReader, model_id: str, ranking: pd.DataFr
     (bins from the two days before the onset, as the ranking places them)."""
     from hawkeye_dagster.analysis.feature_plots import hourly_shift_plot
     from hawkeye_dagster.analysis.feature_stats import PREDICTION
-    from hawkeye_dagster.analysis.serving_stats import lake_edges, lake_hourly_stats
+    from hawkeye_dagster.gather.serving_stats import lake_edges, lake_hourly_stats
 
     top = ranking.head(SHIFT_PLOT_FEATURES)
     features = top["feature"].tolist()

@@ -43,8 +43,8 @@ def _floor(lake: Path, days: list[str]) -> float:
     from hawkeye_dagster.analysis.drift import drift_table
     from hawkeye_dagster.analysis.feature_health import learn_thresholds
     from hawkeye_dagster.analysis.feature_stats import PREDICTION
-    from hawkeye_dagster.analysis.serving_stats import (lake_hourly_stats, lake_reference,
-                                                        model_features)
+    from hawkeye_dagster.gather.serving_stats import (lake_hourly_stats, lake_reference,
+                                                      model_features)
     from hawkeye_dagster.lake.open import open_lake
     from hawkeye_dagster.time_range import TimeRange
 

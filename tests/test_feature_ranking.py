@@ -8,9 +8,9 @@ import torch
 from feature_world import FEATURES, START, serving, serving_model
 from hawkeye_dagster.analysis.ablation import ablation_attributions, contribution_shift
 from hawkeye_dagster.analysis.feature_isolation import isolate_features
-from hawkeye_dagster.analysis.feature_ranking import (
-    RANKING_COLUMNS, combine_evidence, rank_features)
+from hawkeye_dagster.analysis.feature_ranking import RANKING_COLUMNS, combine_evidence
 from hawkeye_dagster.analysis.feature_stats import PREDICTION, hourly_stats, reference_profile
+from hawkeye_dagster.gather.feature_ranking import rank_features
 from hawkeye_dagster.lake.open import open_lake
 from hawkeye_dagster.time_range import TimeRange
 

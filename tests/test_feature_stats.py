@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hawkeye_dagster.analysis.feature_stats import (
-    QUANTILES, FeatureStats, ReferenceProfile, hourly_stats, reference_edges, reference_profile)
+from hawkeye_dagster.analysis.feature_stats import (FeatureStats, ReferenceProfile, hourly_stats,
+                                                    reference_edges, reference_profile)
 from hawkeye_dagster.errors import ContractError
+from hawkeye_dagster.summary_shape import QUANTILES
 
 DAY = pd.Timestamp("2026-03-04", tz="UTC")
 

@@ -10,19 +10,19 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from hawkeye_dagster.analysis.feature_stats import (PREDICTION, QUANTILE_NAMES, FeatureStats,
-                                                    hourly_stats)
-from hawkeye_dagster.analysis.serving_stats import lake_reference
+from hawkeye_dagster.analysis.feature_stats import PREDICTION, FeatureStats, hourly_stats
+from hawkeye_dagster.gather.serving_stats import lake_reference
 from hawkeye_dagster.assets import features
 from hawkeye_dagster.assets.partitions import model_day_partitions, model_partitions
 from hawkeye_dagster.contract import TABLES
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.pushdown import bin_thresholds, hourly_aggregates, hourly_histograms
-from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
+from hawkeye_dagster.gather.pushdown_stats import hourly_feature_stats
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.lake.to_sql import copy_lake_to_sql
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
+from hawkeye_dagster.summary_shape import QUANTILE_NAMES
 from hawkeye_dagster.time_range import TimeRange
 from lake_factory import RANKER, START, lake_tables, postgres_schema, sql_copy, write_lake
 

@@ -24,7 +24,7 @@ from hawkeye_dagster.contract import TABLES
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.pushdown import hourly_aggregates, hourly_histograms
-from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
+from hawkeye_dagster.gather.pushdown_stats import hourly_feature_stats
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.lake.validate import validate_lake
 from hawkeye_dagster.time_range import TimeRange

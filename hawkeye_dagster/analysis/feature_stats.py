@@ -33,10 +33,9 @@ import numpy as np
 import pandas as pd
 
 from hawkeye_dagster.errors import ContractError
+from hawkeye_dagster.summary_shape import QUANTILE_NAMES, QUANTILES, check_edges
 
 PREDICTION = "prediction"
-QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-QUANTILE_NAMES: tuple[str, ...] = tuple(f"p{round(q * 100)}" for q in QUANTILES)
 COUNT_STATS = ("count", "n_null", "n_inf")
 VALUE_STATS = ("mean", "std", "min", "max", *QUANTILE_NAMES)
 #: default number of reference bins (Evidently's default for PSI and Jensen-Shannon)
@@ -476,17 +475,6 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str], table: str) -> N
         if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
             raise ContractError(f"expected a numeric column, got {frame[name].dtype}", table=table,
                                 column=name)
-
-
-def check_edges(edges: np.ndarray, n_columns: int) -> np.ndarray:
-    """``edges`` as the float32 ``(n_columns, B - 1)`` array every binning uses; a clear error
-    for a wrong shape, non-finite or descending edges."""
-    edges = np.asarray(edges, dtype=np.float32)
-    if edges.ndim != 2 or edges.shape[0] != n_columns:
-        raise ValueError(f"edges must have shape ({n_columns}, B - 1), got {edges.shape}")
-    if not np.isfinite(edges).all() or (np.diff(edges, axis=1) < 0).any():
-        raise ValueError("edges must be finite and ascending per column")
-    return edges
 
 
 def _block_matrix(frame: pd.DataFrame, columns: Sequence[str], table: str) -> np.ndarray:

@@ -9,7 +9,7 @@ statistic is over the finite values. Quantiles use ``percentile_cont`` (linear i
 numpy's default) where the dialect has it (PostgreSQL); elsewhere (SQLite) only the time
 column and the requested columns are pulled and the quantiles computed here.
 :func:`hourly_histograms` counts and sums the finite values in fixed bins per hour with the
-bins of ``hourly_stats``; :mod:`hawkeye_dagster.lake.pushdown_stats` joins both into its
+bins of ``hourly_stats``; :mod:`hawkeye_dagster.gather.pushdown_stats` joins both into its
 ``FeatureStats``.
 
 Queries are SQLAlchemy Core with bound parameters and quoted identifiers, so feature names
@@ -29,10 +29,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from hawkeye_dagster.analysis.feature_stats import QUANTILE_NAMES, QUANTILES, check_edges
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.reader import table_spec
 from hawkeye_dagster.lake.sql import SqlLake
+from hawkeye_dagster.summary_shape import QUANTILE_NAMES, QUANTILES, check_edges
 from hawkeye_dagster.time_range import TimeRange
 
 #: columns summarized per query (PostgreSQL allows 1664 select items; each column takes 8)

@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hawkeye_dagster.analysis.lineage_graph import build_lineage_graph
 from hawkeye_dagster.contract import TABLES, Kind, TableSpec
 from hawkeye_dagster.errors import ContractError, LineageCycleError
 from hawkeye_dagster.lake.conform import type_problem
 from hawkeye_dagster.lake.parquet import DATE_KEY
 from hawkeye_dagster.lake.reader import TablePart, TelemetryReader
+from hawkeye_dagster.lineage_check import checked_edges
 
 _EXAMPLES = 3
 #: a sum of traffic fractions may exceed 1 by this much (rounding)
@@ -214,7 +214,7 @@ class _Checks:
         known = edges["upstream_id"].isin(nodes["node_id"]) & edges["downstream_id"].isin(
             nodes["node_id"])  # unknown ids are reported by references()
         try:
-            build_lineage_graph(nodes, edges[known])
+            checked_edges(nodes, edges[known])
         except LineageCycleError as exc:
             return [Problem("lineage_edges", self.where("lineage_edges"), exc.column, exc.reason)]
         return []

@@ -16,7 +16,7 @@ from hawkeye_dagster.analysis.feature_stats import (N_BINS, PREDICTION, FeatureS
                                                     ReferenceProfile, hourly_stats,
                                                     reference_edges)
 from hawkeye_dagster.errors import UnknownIdError
-from hawkeye_dagster.lake.pushdown_stats import hourly_feature_stats
+from hawkeye_dagster.gather.pushdown_stats import hourly_feature_stats
 from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.lake.sql import SqlLake
 from hawkeye_dagster.time_range import TimeRange
@@ -96,7 +96,7 @@ def lake_hourly_stats(reader: TelemetryReader, model_id: str, time_range: TimeRa
     (shape (C, B - 1)); ``None`` when it served nothing then.
 
     Telemetry in a SQL database is summarized by the database, so only per-hour aggregates
-    and histograms leave it (:func:`~hawkeye_dagster.lake.pushdown_stats.hourly_feature_stats`;
+    and histograms leave it (:func:`~hawkeye_dagster.gather.pushdown_stats.hourly_feature_stats`;
     SQLite, lacking ``percentile_cont``, also hands over the finite values for the quantiles);
     a Parquet lake's rows are read and summarized here, a day at a time. Both paths give the
     same statistics.

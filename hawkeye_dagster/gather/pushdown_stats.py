@@ -1,7 +1,7 @@
-"""Hourly feature statistics computed by the database: the warehouse twin of ``hourly_stats``.
+"""Hourly feature statistics from a database's aggregates: the warehouse twin of ``hourly_stats``.
 
-:func:`hourly_feature_stats` joins the push-down aggregates and histograms of
-:mod:`hawkeye_dagster.lake.pushdown` into the
+:func:`hourly_feature_stats` joins the raw per-hour aggregates and histograms that
+:mod:`hawkeye_dagster.lake.pushdown` has the database compute into the
 :class:`~hawkeye_dagster.analysis.feature_stats.FeatureStats` that
 :func:`~hawkeye_dagster.analysis.feature_stats.hourly_stats` computes in pandas from the same
 rows: same hours, columns, counts and histogram bins; moments and quantiles to float
