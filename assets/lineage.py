@@ -14,20 +14,16 @@ import networkx as nx
 import pandas as pd
 
 from hawkeye_dagster.analysis.changepoints import detect_changepoints, pivot_node_stats
-from hawkeye_dagster.analysis.lineage_graph import (
-    feature_node,
-    graph_summary,
-    lineage_from_reader,
-    node_attributes,
-    upstream_subgraph,
-    upstream_table,
-)
-from hawkeye_dagster.analysis.upstream_rca import UpstreamSettings, upstream_from_reader
+from hawkeye_dagster.analysis.lineage_graph import (feature_node, graph_summary, node_attributes,
+                                                    upstream_subgraph, upstream_table)
+from hawkeye_dagster.analysis.upstream_rca import UpstreamSettings
 from hawkeye_dagster.assets import automation
 from hawkeye_dagster.assets.partitions import daily_partitions, incident_partitions
 from hawkeye_dagster.assets.metadata import png_md
 from hawkeye_dagster.assets.telemetry import telemetry_key
 from hawkeye_dagster.assets.triage import read_incident
+from hawkeye_dagster.gather.lineage import lineage_from_reader
+from hawkeye_dagster.gather.upstream import upstream_from_reader
 from hawkeye_dagster.incidents import INCIDENTS_DIR, Incident
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.time_range import TimeRange

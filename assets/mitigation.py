@@ -11,9 +11,9 @@ blame a lineage node, only when ``auto_pause`` is configured.
 
 import dagster as dg
 
-from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader
 from hawkeye_dagster.assets.lineage import UPSTREAM_FILE
 from hawkeye_dagster.assets.triage import INCIDENT_REPORT
+from hawkeye_dagster.gather.lineage import lineage_from_reader
 from hawkeye_dagster.incidents import INCIDENTS_DIR, REPORTS_DIR
 from hawkeye_dagster.mitigation.pausing import pause_pipelines, resume_pipelines
 from hawkeye_dagster.mitigation.planning import plan_pause

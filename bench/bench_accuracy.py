@@ -213,8 +213,8 @@ def most_recent_change(reader: TelemetryReader, incident: dict) -> dict | None:
     """Baseline: the last change before the onset (the window's end without one) among the
     entry's models' snapshot publications, traffic increases of their arms and lineage changes
     above their features."""
-    from hawkeye_dagster.analysis.lineage_graph import (feature_node, lineage_from_reader,
-                                                        upstream_subgraph)
+    from hawkeye_dagster.analysis.lineage_graph import feature_node, upstream_subgraph
+    from hawkeye_dagster.gather.lineage import lineage_from_reader
 
     models = entry_models(reader, incident["entry"])
     until = pd.Timestamp(incident["onset"] or incident["window"]["end"])

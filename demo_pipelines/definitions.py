@@ -14,7 +14,7 @@ import dagster as dg
 import networkx as nx
 
 from hawkeye_dagster import settings
-from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader
+from hawkeye_dagster.gather.lineage import lineage_from_reader
 from hawkeye_dagster.lake.open import open_lake
 
 

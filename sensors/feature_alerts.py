@@ -27,10 +27,11 @@ import dagster as dg
 import networkx as nx
 import pandas as pd
 
-from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader, related_groups
+from hawkeye_dagster.analysis.alert_groups import related_groups
 from hawkeye_dagster.analysis.training_diagnosis import partition_key
 from hawkeye_dagster.assets.partitions import incident_partitions, training_partition_partitions
 from hawkeye_dagster.contract import SEVERITIES, TABLES
+from hawkeye_dagster.gather.lineage import lineage_from_reader
 from hawkeye_dagster.incidents import INCIDENT_RUN_TAGS, Incident
 from hawkeye_dagster.lake.parquet import ParquetLake
 from hawkeye_dagster.lake.reader import TelemetryReader

@@ -6,13 +6,9 @@ import pandas as pd
 import pytest
 from lineage_world import lineage_tables
 
-from hawkeye_dagster.analysis.lineage_graph import (
-    build_lineage_graph,
-    feature_node,
-    graph_summary,
-    related_groups,
-    upstream_table,
-)
+from hawkeye_dagster.analysis.alert_groups import related_groups
+from hawkeye_dagster.analysis.lineage_graph import (build_lineage_graph, feature_node,
+                                                    graph_summary, upstream_table)
 from hawkeye_dagster.errors import ContractError, LineageCycleError, UnknownIdError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from demo_pipelines.definitions import asset_key, pipeline_defs
-from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader
+from hawkeye_dagster.gather.lineage import lineage_from_reader
 from hawkeye_dagster.lake.open import open_lake
 
 

@@ -35,9 +35,10 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.serde import Serde
 from openlineage.client.transport.file import FileConfig, FileTransport
 
-from hawkeye_dagster.analysis.lineage_graph import build_lineage_graph, lineage_from_reader
-from hawkeye_dagster.analysis.upstream_rca import upstream_from_reader
+from hawkeye_dagster.analysis.lineage_graph import build_lineage_graph
 from hawkeye_dagster.errors import ContractError
+from hawkeye_dagster.gather.lineage import lineage_from_reader
+from hawkeye_dagster.gather.upstream import upstream_from_reader
 from hawkeye_dagster.lake.lineage_union import merge_lineage
 from hawkeye_dagster.lake.openlineage import DatasetMapping, read_openlineage
 from hawkeye_dagster.lake.parquet import ParquetLake

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader
-from hawkeye_dagster.analysis.upstream_rca import upstream_from_reader
+from hawkeye_dagster.gather.lineage import lineage_from_reader
+from hawkeye_dagster.gather.upstream import upstream_from_reader
 from hawkeye_dagster.lake.open import open_lake
 
 

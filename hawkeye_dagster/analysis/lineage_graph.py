@@ -5,9 +5,11 @@ Nodes are ``lineage_nodes.node_id`` with attributes ``kind``, ``pipeline_id``,
 pipeline or the pipeline is not listed) and ``features`` (the feature names
 whose lineage node it is). Edges point downstream. ``graph.graph["feature_nodes"]``
 maps each feature name to its node. A cycle is bad input
-(:class:`~hawkeye_dagster.errors.LineageCycleError` naming the nodes on it).
-OpenLineage events join the lake's tables in the reader
-(:mod:`hawkeye_dagster.lake.openlineage`), so every graph built from a reader has them.
+(:class:`~hawkeye_dagster.errors.LineageCycleError` naming the nodes on it), by the rules
+of :mod:`hawkeye_dagster.lineage_check`. This module builds and queries the graph; a lake's
+graph, OpenLineage events joined, is read by
+:func:`~hawkeye_dagster.gather.lineage.lineage_from_reader`, and alerts are grouped over it
+by :mod:`hawkeye_dagster.analysis.alert_groups`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,13 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable
 from contextlib import contextmanager
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 
-from hawkeye_dagster.errors import ContractError, LineageCycleError, UnknownIdError
-from hawkeye_dagster.lake.reader import TelemetryReader
-
-_EXAMPLES = 3
+from hawkeye_dagster.errors import UnknownIdError
+from hawkeye_dagster.lineage_check import checked_edges, node_codes
 
 
 def build_lineage_graph(
@@ -53,11 +52,7 @@ def build_lineage_graph(
         The edges form a cycle.
     """
     nodes = nodes.drop_duplicates("node_id")
-    edges = edges[["upstream_id", "downstream_id"]].drop_duplicates()
-    node_ids = pd.Index(nodes["node_id"])
-    up, down = (_codes(edges[c], node_ids, table="lineage_edges", column=c)
-                for c in ("upstream_id", "downstream_id"))
-    _check_acyclic(node_ids, up, down)
+    node_ids, up, down = checked_edges(nodes, edges)
 
     names = node_ids.to_numpy(dtype=object)
     columns = {"kind": _objects(nodes["kind"]), "pipeline_id": _objects(nodes["pipeline_id"])}
@@ -69,8 +64,8 @@ def build_lineage_graph(
     columns["features"] = np.empty(len(names), dtype=object)
     columns["features"].fill(())
     if features is not None and len(features):
-        at = _codes(features["lineage_node_id"], node_ids, table="features",
-                    column="lineage_node_id")
+        at = node_codes(features["lineage_node_id"], node_ids, table="features",
+                        column="lineage_node_id")
         feature_names = _objects(features["feature_name"])
         groups = pd.Series(at).groupby(at).indices
         columns["features"][np.fromiter(groups, dtype=int, count=len(groups))] = pd.Series(
@@ -99,56 +94,9 @@ def _collector_paused():
             gc.enable()
 
 
-def lineage_from_reader(reader: TelemetryReader,
-                        openlineage: str | Path | None = None) -> nx.DiGraph:
-    """The lineage graph of a lake: its reader's lineage tables, which hold the OpenLineage
-    events the telemetry resource is configured with, plus those at ``openlineage`` (a file
-    or folder of events, mapped by the default ``DatasetMapping``) when given.
-
-    The lake's own rows win where both know a node, edge or pipeline.
-    """
-    if openlineage is not None:
-        from hawkeye_dagster.lake.openlineage import OpenLineageSource
-
-        reader = reader.with_lineage(OpenLineageSource(str(openlineage)))
-    return build_lineage_graph(*(reader.read(t) for t in (
-        "lineage_nodes", "lineage_edges", "features", "pipelines")))
-
-
-def _codes(ids: pd.Series, known: pd.Index, *, table: str, column: str) -> np.ndarray:
-    """Positions of ``ids`` in ``known``; any id not there is bad input, named with examples."""
-    codes = known.get_indexer(ids)
-    if (codes < 0).any():
-        unknown = ids[codes < 0].unique()
-        examples = ", ".join(repr(u) for u in unknown[:_EXAMPLES])
-        raise ContractError(f"{len(unknown)} id(s) not in lineage_nodes.node_id, e.g. {examples}",
-                            table=table, column=column)
-    return codes
-
-
 def _objects(values: pd.Series) -> np.ndarray:
     """Python objects with ``None`` for missing values (what node attributes hold)."""
     return values.astype(object).where(values.notna(), None).to_numpy()
-
-
-def _check_acyclic(node_ids: pd.Index, upstream: np.ndarray, downstream: np.ndarray) -> None:
-    """Raise naming one cycle when any strongly connected component has more than one node."""
-    from scipy.sparse import coo_array  # lazily: sensors build graphs too, and stay light
-    from scipy.sparse.csgraph import connected_components
-
-    self_loops = upstream == downstream
-    if self_loops.any():
-        raise LineageCycleError([node_ids[upstream[self_loops][0]]])
-    n = len(node_ids)
-    adjacency = coo_array((np.ones(len(upstream), dtype=np.int8), (upstream, downstream)),
-                          shape=(n, n))
-    _, labels = connected_components(adjacency, directed=True, connection="strong")
-    sizes = np.bincount(labels)
-    if (sizes > 1).any():
-        members = np.flatnonzero(labels == np.argmax(sizes > 1))
-        inside = np.isin(upstream, members) & np.isin(downstream, members)
-        component = nx.DiGraph(zip(node_ids[upstream[inside]], node_ids[downstream[inside]]))
-        raise LineageCycleError([u for u, _ in nx.find_cycle(component)])
 
 
 def feature_node(graph: nx.DiGraph, feature: str) -> str:
@@ -188,48 +136,6 @@ def upstream_table(graph: nx.DiGraph, features: Iterable[str]) -> pd.DataFrame:
 def node_attributes(graph: nx.DiGraph) -> pd.DataFrame:
     """The graph's node attributes as a frame indexed by ``node_id``."""
     return pd.DataFrame.from_dict(dict(graph.nodes(data=True)), orient="index").rename_axis("node_id")
-
-
-def related_groups(graph: nx.DiGraph, alerts: pd.DataFrame, within: pd.Timedelta) -> np.ndarray:
-    """Batch alerts into incidents: bursts in time, split by which features share upstream nodes.
-
-    Alerts form a burst while each fires at most ``within`` after the one
-    before; inside a burst, alerts whose features' nodes share an ancestor (or
-    are the same node), directly or through other alerts of the burst, are
-    one incident. ``alerts`` has ``feature_name`` and ``ts`` (features must be
-    in the graph). Returns an incident label per alert ``[n_alerts]`` (0, 1,
-    ... in order of each incident's first alert). Cost: one ancestor walk per
-    distinct feature plus near-linear union work, whatever the burst's size.
-    """
-    ts = pd.DatetimeIndex(alerts["ts"]).as_unit("ns").asi8
-    order = np.argsort(ts, kind="stable")
-    burst = np.empty(len(ts), dtype=int)
-    burst[order] = np.concatenate([[0], np.cumsum(np.diff(ts[order]) > pd.Timedelta(within).value)])
-    pairs = pd.DataFrame({"burst": burst, "feature": alerts["feature_name"].to_numpy()})
-    pair = pairs.groupby(["burst", "feature"], sort=False).ngroup().to_numpy()
-    distinct = pairs.drop_duplicates()                  # in ngroup's order (first appearance)
-    features = distinct["feature"].to_numpy()
-    above = {f: [feature_node(graph, f), *nx.ancestors(graph, feature_node(graph, f))]
-             for f in pd.unique(features)}
-    sizes = np.fromiter((len(above[f]) for f in features), dtype=int, count=len(features))
-    members = pd.DataFrame({          # (burst, feature) pair -> each node at or above it
-        "burst": np.repeat(distinct["burst"].to_numpy(), sizes),
-        "node": np.concatenate([above[f] for f in features])})
-    node = members.groupby(["burst", "node"], sort=False).ngroup().to_numpy()
-    member_of = np.repeat(np.arange(len(distinct)), sizes)
-    # connected components of the pair-node graph by min-label propagation (rounds ~ diameter)
-    label = np.arange(len(distinct))
-    while True:
-        node_label = np.full(node.max() + 1, len(distinct))
-        np.minimum.at(node_label, node, label[member_of])
-        relabelled = label.copy()
-        np.minimum.at(relabelled, member_of, node_label[node])
-        if np.array_equal(relabelled, label):
-            break
-        label = relabelled
-    raw = label[pair]
-    first = pd.Series(ts).groupby(raw).min().sort_values(kind="stable")
-    return pd.Series(np.arange(len(first)), index=first.index)[raw].to_numpy()
 
 
 def graph_summary(graph: nx.DiGraph) -> dict[str, int]:

@@ -29,10 +29,8 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from hawkeye_dagster.analysis.changepoints import (detect_changepoints, pivot_by_cadence,
-                                                   select_nodes, series_cadence)
+from hawkeye_dagster.analysis.changepoints import detect_changepoints, select_nodes
 from hawkeye_dagster.analysis.lineage_graph import feature_node
-from hawkeye_dagster.lake.reader import TelemetryReader
 from hawkeye_dagster.time_range import TimeRange, as_utc
 
 #: logistic weights of the evidence columns :data:`EVIDENCE` (see :func:`confidence`)
@@ -236,31 +234,6 @@ def upstream_root_cause(
                       for f in row.features}
              for row in candidates.head(5).itertuples()}
     return UpstreamAnalysis(onsets, candidates.drop(columns="features"), paths, points)
-
-
-def upstream_from_reader(
-    reader: TelemetryReader,
-    graph: nx.DiGraph,
-    bad_features: Mapping[str, pd.Timestamp],
-    settings: UpstreamSettings = UpstreamSettings(),
-) -> UpstreamAnalysis:
-    """:func:`upstream_root_cause` reading only what it needs from a lake.
-
-    Statistics and changes of the bad features' ancestors, in the scanned
-    window and its baseline (filters pushed down to the lake).
-    """
-    nodes = {feature_node(graph, f) for f in bad_features}
-    ancestors = sorted(nodes.union(*(nx.ancestors(graph, n) for n in nodes)))
-    onsets = [as_utc(t) for t in bad_features.values()]
-    span = settings.span(onsets)
-    stats = reader.read("lineage_node_stats", time_range=span, isin={"node_id": ancestors})
-    if len(stats):  # coarser statistics need longer windows: read those once more
-        wider = settings.for_cadence(series_cadence(stats).max()).span(onsets)
-        if wider.start < span.start or wider.end > span.end:
-            stats = reader.read("lineage_node_stats", time_range=wider,
-                                isin={"node_id": ancestors})
-    changes = reader.read("lineage_changes", isin={"node_id": ancestors})
-    return upstream_root_cause(graph, bad_features, pivot_by_cadence(stats), changes, settings)
 
 
 def confidence(nodes: pd.DataFrame, weights: Mapping[str, float] = CONFIDENCE_WEIGHTS) -> np.ndarray:
