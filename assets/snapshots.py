@@ -195,7 +195,7 @@ def _baseline(storage: HawkeyeStorage, snapshot_id: str) -> dict:
 )
 def snapshot_weight_diff(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                          storage: HawkeyeStorage) -> dg.MaterializeResult:
-    from hawkeye_dagster.analysis.snapshot_report import weight_change
+    from hawkeye_dagster.gather.snapshot_checks import weight_change
 
     base = _baseline(storage, context.partition_key)
     artifacts = {s["snapshot_id"]: s["artifact"] for s in base["stable"]}
@@ -251,7 +251,8 @@ def activation_analysis(reader: TelemetryReader, snapshot_id: str, model_id: str
     diagnosis's summary, its per-node table and the program graph's edges (``source``,
     ``target``); ``None`` when the model served no inputs."""
     from hawkeye_dagster.analysis.activations import model_graph
-    from hawkeye_dagster.analysis.snapshot_report import activation_check, activation_summary
+    from hawkeye_dagster.analysis.snapshot_report import activation_summary
+    from hawkeye_dagster.gather.snapshot_checks import activation_check
     from hawkeye_dagster.snapshot_io import load_artifact
 
     inputs = served_inputs(reader, model_id, features, published_at)
@@ -357,7 +358,7 @@ def snapshot_importance_change(context: dg.AssetExecutionContext, telemetry: Tel
 )
 def snapshot_training(context: dg.AssetExecutionContext, telemetry: TelemetrySource,
                       storage: HawkeyeStorage) -> dg.MaterializeResult:
-    from hawkeye_dagster.analysis.snapshot_report import training_check
+    from hawkeye_dagster.gather.snapshot_checks import training_check
     from hawkeye_dagster.analysis.training_diagnosis import training_lineage
 
     reader = telemetry.reader()
@@ -409,6 +410,7 @@ def _analysis(storage: HawkeyeStorage, sid: str, name: str, *tables: str) -> tup
 )
 def snapshot_report(context: dg.AssetExecutionContext,
                     storage: HawkeyeStorage) -> dg.MaterializeResult:
+    from hawkeye_dagster.analysis import snapshot_plots as sp
     from hawkeye_dagster.analysis import snapshot_report as sr
 
     sid = context.partition_key
@@ -429,15 +431,15 @@ def snapshot_report(context: dg.AssetExecutionContext,
     storage.write_json(report.to_json(), STORE, sid, "report.json")
     images = []
     if weights["rel_l2"].notna().any():
-        images.append(saved_png_md(storage, sr.weight_change_plot(weights), STORE, sid,
+        images.append(saved_png_md(storage, sp.weight_change_plot(weights), STORE, sid,
                                    "weights.png"))
     if nodes is not None:
         images.append(saved_png_md(storage, model_graph_png(sid, activations, nodes, edges),
                                    STORE, sid, "model_graph.png"))
-        images.append(saved_png_md(storage, sr.activation_range_plot(nodes), STORE, sid,
+        images.append(saved_png_md(storage, sp.activation_range_plot(nodes), STORE, sid,
                                    "activations.png"))
     if metrics is not None and training.get("curve"):
-        images.append(saved_png_md(storage, sr.training_curve_plot(metrics, training["curve"]),
+        images.append(saved_png_md(storage, sp.training_curve_plot(metrics, training["curve"]),
                                    STORE, sid, "training_curve.png"))
     markdown = "\n\n".join([
         f"**{report.verdict}**: snapshot `{sid}` of model `{base['model_id']}` "

@@ -41,7 +41,7 @@ _CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
+from hawkeye_dagster.gather.weights import weight_change_history, weight_diff
 from hawkeye_dagster.snapshot_io import SnapshotWeights
 
 def status(field):

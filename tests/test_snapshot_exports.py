@@ -19,7 +19,7 @@ from torch.export import AdditionalInputs, Dim, ShapesCollection
 
 from hawkeye_dagster.analysis.ablation import ablation_attributions
 from hawkeye_dagster.analysis.activations import diagnose_activations
-from hawkeye_dagster.analysis.weight_diff import weight_diff
+from hawkeye_dagster.gather.weights import weight_diff
 from hawkeye_dagster.snapshot_io import (
     SnapshotSignature,
     SnapshotWeights,

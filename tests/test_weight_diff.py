@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hawkeye_dagster.analysis.weight_diff import weight_change_history, weight_diff
+from hawkeye_dagster.gather.weights import weight_change_history, weight_diff
 from hawkeye_dagster.snapshot_io import SnapshotWeights
 from hawkeye_dagster.errors import BadSnapshotError
 from snapshot_fixtures import save, serving_net, stable_chain, step

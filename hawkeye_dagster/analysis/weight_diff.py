@@ -8,24 +8,21 @@ diagnosis and the latest stable snapshot (relative L2 change, max abs change,
 mean/std shift, cosine similarity, non-finite counts, shape changes), learns the
 normal size of that change from the stable-to-stable history, and turns it into
 a z-score. Tensors are read and compared one name at a time, so memory stays
-near two tensors rather than several snapshots. Reading is
-:class:`~hawkeye_dagster.snapshot_io.SnapshotWeights`'s (archives checked by
-:func:`~hawkeye_dagster.snapshot_io.check_archive`, nothing unpickled); this
-module only compares the numbers.
+near two tensors rather than several snapshots. This module only compares the numbers of
+open :class:`Weights` (:class:`~hawkeye_dagster.snapshot_io.SnapshotWeights` is one: archives
+checked by :func:`~hawkeye_dagster.snapshot_io.check_archive`, nothing unpickled); opening
+snapshot files for it is :mod:`hawkeye_dagster.gather.weights`'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from os import PathLike
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-
-from hawkeye_dagster.snapshot_io import SnapshotWeights
 
 #: a change this many scales above a tensor's normal change is unusual
 Z_THRESHOLD = 4.0
@@ -45,15 +42,16 @@ DIFF_COLUMNS = (
 )
 
 
-Source = str | PathLike | SnapshotWeights
+class Weights(Protocol):
+    """What a comparison reads of a snapshot: its tensor names, each tensor, and which are
+    parameters (the others are buffers)."""
 
+    @property
+    def names(self) -> Sequence[str]: ...
 
-@contextmanager
-def _opened(*sources: Source | None) -> Iterator[list[SnapshotWeights | None]]:
-    """The sources as :class:`SnapshotWeights` (checked archives), closing those opened here."""
-    with ExitStack() as stack:
-        yield [s if s is None or isinstance(s, SnapshotWeights)
-               else stack.enter_context(SnapshotWeights(s)) for s in sources]
+    def tensor(self, name: str) -> torch.Tensor: ...
+
+    def is_param(self, name: str) -> bool: ...
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
@@ -79,13 +77,12 @@ def _relative_change(new: torch.Tensor, old: torch.Tensor, old_norm: float) -> f
     return diff_norm / old_norm if old_norm > 0 else (0.0 if diff_norm == 0 else math.inf)
 
 
-def weight_change_history(stable: Sequence[Source]) -> pd.DataFrame:
+def change_history(stable: Sequence[Weights]) -> pd.DataFrame:
     """The normal size of snapshot-to-snapshot change, learned from stable snapshots.
 
     Parameters
     ----------
-    stable : ``.pt2`` snapshots of one model (paths or open :class:`SnapshotWeights`),
-        oldest first.
+    stable : the open weights of stable snapshots of one model, oldest first.
 
     Returns
     -------
@@ -95,11 +92,10 @@ def weight_change_history(stable: Sequence[Source]) -> pd.DataFrame:
     """
     if len(stable) < 2:
         return pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    with _opened(*stable) as readers:
-        return _history(readers)
+    return _history(list(stable))
 
 
-def _history(readers: list[SnapshotWeights]) -> pd.DataFrame:
+def _history(readers: list[Weights]) -> pd.DataFrame:
     names = list(dict.fromkeys(n for r in readers for n in r.names))
     log_rel = np.full((len(names), len(readers) - 1), np.nan)
     for i, name in enumerate(names):
@@ -147,17 +143,17 @@ def _tensor_row(name: str, current: torch.Tensor | None, reference: torch.Tensor
     return row
 
 
-def weight_diff(current: Source, reference: Source | None,
-                history: pd.DataFrame | None = None, *,
-                z_threshold: float = Z_THRESHOLD) -> pd.DataFrame:
+def compare_weights(snapshot: Weights, ref: Weights | None,
+                    history: pd.DataFrame | None = None, *,
+                    z_threshold: float = Z_THRESHOLD) -> pd.DataFrame:
     """Per-tensor change of a snapshot against the latest stable one, scored against history.
 
     Parameters
     ----------
-    current : the ``.pt2`` snapshot under diagnosis (a path or open :class:`SnapshotWeights`).
-    reference : the latest operationally stable snapshot of the same
+    snapshot : the open weights of the snapshot under diagnosis.
+    ref : those of the latest operationally stable snapshot of the same
         model, or ``None`` when there is none (only non-finite values are checked).
-    history : :func:`weight_change_history` of the stable snapshots; without it
+    history : :func:`change_history` of the stable snapshots; without it
         (or for tensors it lacks) ``z`` is NaN and size alone flags nothing.
     z_threshold : flag a tensor whose change is this many scales above normal.
 
@@ -176,17 +172,16 @@ def weight_diff(current: Source, reference: Source | None,
     with ``k`` = :data:`PRIOR_DIFFS`.
     ``flagged`` rows carry a ``reason``.
     """
-    with _opened(current, reference) as (snapshot, ref):
-        names = list(dict.fromkeys([*snapshot.names, *(ref.names if ref else [])]))
-        rows = [
-            _tensor_row(
-                name,
-                _float(snapshot.tensor(name)) if name in snapshot.names else None,
-                _float(ref.tensor(name)) if ref is not None and name in ref.names else None,
-                (snapshot if name in snapshot.names else ref).is_param(name),
-            )
-            for name in names
-        ]
+    names = list(dict.fromkeys([*snapshot.names, *(ref.names if ref else [])]))
+    rows = [
+        _tensor_row(
+            name,
+            _float(snapshot.tensor(name)) if name in snapshot.names else None,
+            _float(ref.tensor(name)) if ref is not None and name in ref.names else None,
+            (snapshot if name in snapshot.names else ref).is_param(name),
+        )
+        for name in names
+    ]
     frame = pd.DataFrame(rows).reindex(columns=list(DIFF_COLUMNS))
     return _score(frame, history, z_threshold, has_reference=ref is not None)
 
