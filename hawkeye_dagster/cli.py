@@ -113,7 +113,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_triage(args: argparse.Namespace) -> int:
-    from hawkeye_dagster.triage.command import triage_command
+    from hawkeye_dagster.dagster_runner import triage_command
 
     return triage_command(args, progress=_progress)
 

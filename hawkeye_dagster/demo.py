@@ -95,7 +95,7 @@ def run_demo(*, headless: bool, progress: Callable[[str], None],
     os.environ.pop("HAWKEYE_SQL_URL", None)
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     if headless:
-        from hawkeye_dagster.triage.command import headless_demo
+        from hawkeye_dagster.dagster_runner import headless_demo
 
         return headless_demo(lake, progress=progress)
     # the `dagster` installed beside this interpreter, so an unactivated venv works too

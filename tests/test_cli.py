@@ -116,7 +116,7 @@ def test_automatic_triage_lists_the_other_incidents_with_their_commands(simulate
 
 def test_headless_demo_reads_as_text_and_ends_with_a_summary(simulated, tmp_path, monkeypatch,
                                                             capsys):
-    from hawkeye_dagster.triage.command import headless_demo
+    from hawkeye_dagster.dagster_runner import headless_demo
 
     lake, _ = simulated("demo")
     (tmp_path / "dagster_home").mkdir()

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hawkeye_dagster.analysis.topline import (cusum_excursions, detect_topline_anomalies,
-                                              seasonal_scores)
+from hawkeye_dagster.analysis.robust import cusum_excursions
+from hawkeye_dagster.analysis.topline import detect_topline_anomalies, seasonal_scores
 from hawkeye_dagster.time_range import TimeRange
 
 START = pd.Timestamp("2026-10-01", tz="UTC")

@@ -11,11 +11,11 @@ import pytest
 from hawkeye_dagster.assets import telemetry
 from hawkeye_dagster.assets import triage as triage_assets
 from hawkeye_dagster.assets.partitions import incident_partitions
+from hawkeye_dagster.dagster_runner import triage_command
 from hawkeye_dagster.errors import ContractError, UnknownIdError
 from hawkeye_dagster.incidents import INCIDENTS_DIR, REPORTS_DIR, Incident
 from hawkeye_dagster.resources import HawkeyeStorage, TelemetrySource
 from hawkeye_dagster.sensors import topline as topline_sensors
-from hawkeye_dagster.triage.command import triage_command
 
 
 def resources(lake, root) -> dict:
@@ -165,7 +165,7 @@ def test_triage_command_refuses_a_missing_lake(tmp_path):
 
 def test_headless_demo_opens_every_incident_of_the_demo_lake(simulated):
     from hawkeye_dagster.lake.open import open_lake
-    from hawkeye_dagster.triage.command import find_incidents
+    from hawkeye_dagster.dagster_runner import find_incidents
 
     lake, truth = simulated("demo")
     found = [f["entry"] for f in find_incidents(open_lake(lake=str(lake)))]

@@ -3,9 +3,9 @@
 The contract's long ``lineage_node_stats`` table is pivoted once into a wide
 frame ``[time x (node_id, stat)]`` on a regular grid; the detector then scores
 all columns at once with the same robust, seasonality-aware residuals as the
-top-line detector (:func:`~hawkeye_dagster.analysis.topline.seasonal_robust_z`:
+top-line detector (:func:`~hawkeye_dagster.analysis.robust.seasonal_robust_z`:
 like hours across days, median/MAD) and a two-sided CUSUM
-(:func:`~hawkeye_dagster.analysis.topline.cusum_excursions`), so one outlier
+(:func:`~hawkeye_dagster.analysis.robust.cusum_excursions`), so one outlier
 neither moves the baseline nor raises an alarm, and a gradual drift gets the
 onset where it began rather than where it crossed a line.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from hawkeye_dagster.analysis.topline import cusum_excursions, seasonal_robust_z
+from hawkeye_dagster.analysis.robust import cusum_excursions, seasonal_robust_z
 from hawkeye_dagster.errors import ContractError
 
 _STATS_COLUMNS = ("ts", "node_id", "stat", "value")

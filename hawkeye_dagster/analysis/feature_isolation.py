@@ -9,12 +9,12 @@ baseline covers each hour of day twice, so daily cycles are not mistaken for
 shifts) and scaled by the baseline's median absolute deviation combined with
 the hour's own sampling error (hours of few rows, or a series that was
 constant in the baseline, do not give huge scores). Unlike the top-line
-detector's :func:`~hawkeye_dagster.analysis.topline.seasonal_robust_z` there
+detector's :func:`~hawkeye_dagster.analysis.robust.seasonal_robust_z` there
 is no day-of-week factor: a week of hourly feature statistics is too noisy for
 one. The shift of a series is the median z over the window; its significance
 the Mann-Whitney test of window hours against baseline hours; its onset the
 start of its strongest CUSUM excursion in the window
-(:func:`~hawkeye_dagster.analysis.topline.cusum_excursions`).
+(:func:`~hawkeye_dagster.analysis.robust.cusum_excursions`).
 
 A feature is evidence for the prediction anomaly when its shift is
 significant and its hourly z-scores are correlated with the prediction's.
@@ -32,7 +32,7 @@ from scipy import stats as sps
 
 from hawkeye_dagster.analysis.drift import drift_table
 from hawkeye_dagster.analysis.feature_stats import PREDICTION, FeatureStats, ReferenceProfile
-from hawkeye_dagster.analysis.topline import MAD_TO_SD, cusum_excursions, in_range
+from hawkeye_dagster.analysis.robust import MAD_TO_SD, cusum_excursions, in_range
 from hawkeye_dagster.time_range import TimeRange
 
 FEATURE_VIEWS = ("mean", "std", "null_fraction", "psi")

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from hawkeye_dagster.analysis.topline import seasonal_robust_z
+from hawkeye_dagster.analysis.robust import seasonal_robust_z
 
 #: the ``serving_samples`` columns quality needs (no feature columns)
 QUALITY_COLUMNS = ["ts", "snapshot_id", "segment", "prediction", "label"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hawkeye_dagster.analysis.topline import MAD_TO_SD
+from hawkeye_dagster.analysis.robust import MAD_TO_SD
 from hawkeye_dagster.errors import UnknownIdError
 
 #: neighbouring partitions on each side that a partition is compared with

@@ -25,6 +25,9 @@ DEFAULT_SPAN = pd.Timedelta("7D")
 #: the tables a window is taken from, and of which it must hold rows
 WINDOW_TABLES = ("topline_metrics", "serving_samples")
 _WINDOW_WHERE = "tables 'topline_metrics' and 'serving_samples', column 'ts'"
+#: the ``triage`` options that name an entry of each kind, by entry key
+ENTRY_OPTIONS = {"topline": ("product", "segment"), "feature_alert": ("feature",),
+                 "snapshot": ("snapshot",)}
 
 
 def entry_features(entry: dict[str, Any]) -> list[str]:
@@ -40,6 +43,12 @@ def entry_onsets(entry: dict[str, Any]) -> dict[str, pd.Timestamp]:
     if entry.get("ts") and entry.get("feature"):
         return {entry["feature"]: TimeRange.of(entry["ts"]).start}
     return {}
+
+
+def entry_options(entry: dict[str, Any]) -> list[str]:
+    """The ``triage`` options that name ``entry`` (none for ``auto``)."""
+    return [word for key in ENTRY_OPTIONS.get(entry["kind"], ()) if entry.get(key)
+            for word in (f"--{key}", entry[key])]
 
 
 def check_tables(reader: TelemetryReader) -> None:

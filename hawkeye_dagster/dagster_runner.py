@@ -1,9 +1,12 @@
-"""``hawkeye-dagster triage`` and ``demo --headless``: open incidents and print their reports.
+"""The CLI's Dagster runner: ``hawkeye-dagster triage`` and ``demo --headless`` open incidents
+and print their reports.
 
 Reports are produced by materializing the ``incident_report`` asset
 in-process, with the same definitions the UI and the sensors use, over the
 given lake. ``triage`` keeps its outputs in a temporary storage folder that is
-removed after; the headless demo keeps them (and its runs) for the UI.
+removed after; the headless demo keeps them (and its runs) for the UI. This module is part
+of the Dagster wiring (it builds Definitions and reads the sensors' incidents); the triage
+it runs is Dagster-free (:mod:`hawkeye_dagster.triage`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ from hawkeye_dagster.errors import UnknownIdError
 from hawkeye_dagster.time_range import TimeRange
 
 Progress = Callable[[str], None]
-#: the ``triage`` options that name an entry of each kind, by entry key
-ENTRY_OPTIONS = {"topline": ("product", "segment"), "feature_alert": ("feature",),
-                 "snapshot": ("snapshot",)}
 
 
 def triage_command(args: argparse.Namespace, progress: Progress) -> int:
@@ -72,6 +72,7 @@ def _other_incidents(args: argparse.Namespace, report: dict, found: list[dict]) 
     """The incidents of the window that an automatic triage did not select, each with the exact
     ``triage`` command that triages it (a SQL URL's password hidden)."""
     from hawkeye_dagster.settings import redact_url
+    from hawkeye_dagster.triage.entry import entry_options
     from hawkeye_dagster.triage.summary import describe_entry
 
     selected = entry_options(report["entry"].get("selected") or {"kind": "auto"})
@@ -89,12 +90,6 @@ def _other_incidents(args: argparse.Namespace, report: dict, found: list[dict]) 
     return "\n".join(lines)
 
 
-def entry_options(entry: dict) -> list[str]:
-    """The ``triage`` options that name ``entry`` (none for ``auto``)."""
-    return [word for key in ENTRY_OPTIONS.get(entry["kind"], ()) if entry.get(key)
-            for word in (f"--{key}", entry[key])]
-
-
 def find_incidents(reader, window: TimeRange | None = None) -> list[dict]:
     """Every incident the sensors would open over a whole lake (or whose onset, alert or
     publication falls in ``window``): a degraded top-line segment (each degradation with the
@@ -103,10 +98,10 @@ def find_incidents(reader, window: TimeRange | None = None) -> list[dict]:
     predecessor's. Returns :class:`~hawkeye_dagster.incidents.Incident` keyword arguments."""
     from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
     from hawkeye_dagster.analysis.stable_snapshots import stable_snapshots
-    from hawkeye_dagster.analysis.topline import in_range
+    from hawkeye_dagster.analysis.robust import in_range
     from hawkeye_dagster.sensors.topline import history_incidents
     from hawkeye_dagster.triage.entry import DEFAULT_SPAN
-    from hawkeye_dagster.triage.tree import ALERT_SEVERITIES
+    from hawkeye_dagster.triage.topline_branch import ALERT_SEVERITIES
 
     lookback = pd.Timedelta("3D")
     window = window or TimeRange()
