@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: the lake's timestamp type (:data:`hawkeye_dagster.lake.conform.TIMESTAMP`), which bounds compare to
+#: the lake's timestamp type (:data:`hawkeye_dagster.lake.conform.TIMESTAMP`): bounds compare to it
 _BOUND_TYPE = pa.timestamp("ns", tz="UTC")
 
 
@@ -33,9 +33,11 @@ class TimeRange:
         """The Arrow filter ``start <= column < end`` (``None`` when unbounded both ways)."""
         bounds = []
         if self.start is not None:
-            bounds.append(pc.field(column) >= pa.scalar(self.start.as_unit("ns").value, _BOUND_TYPE))
+            start = pa.scalar(self.start.as_unit("ns").value, _BOUND_TYPE)
+            bounds.append(pc.field(column) >= start)
         if self.end is not None:
-            bounds.append(pc.field(column) < pa.scalar(self.end.as_unit("ns").value, _BOUND_TYPE))
+            end = pa.scalar(self.end.as_unit("ns").value, _BOUND_TYPE)
+            bounds.append(pc.field(column) < end)
         return functools.reduce(operator.and_, bounds) if bounds else None
 
 

@@ -46,7 +46,7 @@ LAYER_OF = {
     "hawkeye_dagster.demo": "tools",
     "hawkeye_dagster.simulate": "tools",
 }
-# third-party packages a pure layer may not reach
+# third-party packages (and their dagster_* kin) a pure layer may not reach
 FORBIDDEN_EXTERNAL = {"analysis": ("dagster",)}
 FORBIDDEN_INTERNAL = {"analysis": ("hawkeye_dagster.lake", "hawkeye_dagster.snapshot_io")}
 
@@ -105,7 +105,7 @@ def violations() -> list[str]:
         for target, line in imports_of(module, path):
             where = f"{module} ({path.relative_to(ROOT)}:{line})"
             root = target.split(".")[0]
-            if root in FORBIDDEN_EXTERNAL.get(own, ()):
+            if any(root == f or root.startswith(f + "_") for f in FORBIDDEN_EXTERNAL.get(own, ())):
                 problems.append(f"{where} [{own}] imports {target}, which the {own} layer may not")
                 continue
             if root != "hawkeye_dagster":
