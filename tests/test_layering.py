@@ -1,10 +1,11 @@
 """The package's dependencies run one way: each module imports its own layer or lower ones.
 
-Bottom to top: core (contract, errors, settings, atomic, time_range), lake (I/O, with
-snapshot_io beside it), analysis (pure computation), triage (triage, mitigation, incidents
-and gather, the reads a triage makes), Dagster wiring (assets, sensors, resources,
-definitions, backfill, run_launcher, dagster_runner), tools (cli, demo, simulate).
-Every import counts: module level, inside functions and under TYPE_CHECKING.
+Bottom to top: core (contract, errors, settings, atomic, time_range, summary_shape,
+lineage_check), lake (I/O, with snapshot_io beside it), analysis (pure computation),
+triage (triage, mitigation, incidents and gather, the reads a triage makes), Dagster wiring
+(assets, sensors, resources, definitions, backfill, run_launcher, dagster_runner), tools
+(cli, demo, simulate). Every import counts: module level, inside functions and under
+TYPE_CHECKING. A new top-level module or package needs its line in LAYER_OF.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ LAYER_OF = {
     "hawkeye_dagster.settings": "core",
     "hawkeye_dagster.atomic": "core",
     "hawkeye_dagster.time_range": "core",
+    "hawkeye_dagster.summary_shape": "core",
+    "hawkeye_dagster.lineage_check": "core",
     "hawkeye_dagster.lake": "lake",
     "hawkeye_dagster.snapshot_io": "lake",
     "hawkeye_dagster.analysis": "analysis",
@@ -52,8 +55,11 @@ FORBIDDEN_INTERNAL = {"analysis": ("hawkeye_dagster.lake", "hawkeye_dagster.snap
 
 
 def layer_of(module: str) -> str | None:
+    """The layer of a module: that of its longest listed prefix below the package itself."""
+    if module == "hawkeye_dagster":
+        return LAYER_OF[module]
     parts = module.split(".")
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), 1, -1):
         layer = LAYER_OF.get(".".join(parts[:n]))
         if layer is not None:
             return layer
