@@ -109,6 +109,18 @@ def test_string_filters_work_on_every_string_encoding(mixed_alerts):
     assert len(some) == 2 * len(expected) // 3
 
 
+def test_a_view_typed_column_reads_through_a_filter_that_cuts_its_file(tmp_path):
+    """A ``string_view`` column read, not filtered on, from a file the time filter cuts in two
+    (Arrow has no kernel to filter views: a file wholly inside the window hid this)."""
+    instants = pd.date_range(START, periods=6, freq="10min")
+    lake = tmp_path / "lake"
+    _write(lake / "feature_alerts" / "views.parquet",
+           _alerts(instants, "us", "UTC", "string_view"))
+    read = ParquetLake(str(lake)).read("feature_alerts", columns=["ts", "detail"],
+                                       time_range=TimeRange(instants[2], instants[4]))
+    assert list(read["detail"]) == ["d2", "d3"]
+
+
 def _serving(model_id: str, day: str, features: dict[str, pa.Array], n: int,
              strings: str) -> pa.Table:
     ts = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=n, freq="h")

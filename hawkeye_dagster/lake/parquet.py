@@ -352,19 +352,21 @@ def _filtered_scan(dataset: ds.Dataset, spec: TableSpec, stored: pa.Schema, name
                    filters: _Filters) -> pa.Table:
     """``names`` of the dataset's rows that pass ``filters``.
 
-    Filters run inside the scan, except on a view-typed column (``string_view``,
-    ``binary_view``): Arrow's compute kernels cannot filter those, and the Parquet reader
-    follows the Arrow schema a file stores, so such a group is read, its views cast to plain
-    strings, and filtered in memory.
+    Filters run inside the scan, except where a view-typed column (``string_view``,
+    ``binary_view``) is read or filtered: Arrow's compute kernels can neither compare nor
+    filter those (``array_filter`` has no view kernel), and the Parquet reader follows the
+    Arrow schema a file stores, so such a group is read, its views cast to plain strings,
+    and filtered in memory.
     """
     views = {f.name for f in stored
              if pa.types.is_string_view(f.type) or pa.types.is_binary_view(f.type)}
-    if not views & filters.columns(spec):
+    read = list(dict.fromkeys([*names, *filters.columns(spec)]))
+    if not views & set(read):
         return dataset.to_table(columns=names, filter=filters.expression(spec, stored))
     plain = pa.schema([f.with_type(_plain(f.type)) if f.name in views else f for f in stored])
-    read = list(dict.fromkeys([*names, *filters.columns(spec)]))
     data = dataset.to_table(columns=read).cast(pa.schema([plain.field(n) for n in read]))
-    return data.filter(filters.expression(spec, plain)).select(names)
+    expression = filters.expression(spec, plain)
+    return (data if expression is None else data.filter(expression)).select(names)
 
 
 def _plain(kind: pa.DataType) -> pa.DataType:
