@@ -203,7 +203,7 @@ def test_a_repair_that_explains_almost_nothing_demotes_its_cause_when_another_ex
 
 def test_each_root_cause_gets_a_counterfactual_plot():
     from hawkeye_dagster.triage.plots import report_plots
-    from hawkeye_dagster.triage.tree import Evidence
+    from hawkeye_dagster.triage.evidence import Evidence
 
     plots = report_plots(Evidence(counterfactuals=[measured(0.6, (0.4, 0.8))]))
     assert list(plots) == ["Counterfactual of lineage_node raw.clicks"]

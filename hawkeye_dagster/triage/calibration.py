@@ -9,12 +9,14 @@ confidence of 0.9 should then be right about 9 times in 10.
 Raw scores: ``topline``: log of the CUSUM score; ``model``: log1p of
 ``degradation_z * max(correlation, 0)``; ``snapshot_peer``: log1p of the
 peer z; root causes: the logit of the branch's own evidence probability
-(``root_cause:<kind>``).
+(``root_cause:<kind>``). An outside branch brings its own curves or none
+(:func:`root_cause_confidence`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 
 #: (a, b) per raw score, fitted on seeds 100-102 of every scenario; regenerate with
 #: ``python -m bench.calibrate_triage --write`` (it prints the sample counts)
@@ -30,11 +32,34 @@ FITTED: dict[str, tuple[float, float]] = {
     "root_cause:traffic": (0.555, 1.287),
 }
 _EPS = 1e-6
+#: the curve of a root-cause kind no fit covers: the branch's evidence is its confidence
+IDENTITY = (0.0, 1.0)
+
+
+class FittedRootCauses(Mapping):
+    """The fitted root-cause curves by kind, read from :data:`FITTED` when used (the fit in
+    ``bench/calibrate_triage.py`` rewrites it): the built-in branches' calibration."""
+
+    def __getitem__(self, kind: str) -> tuple[float, float]:
+        return FITTED[f"root_cause:{kind}"]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.split(":", 1)[1] for k in list(FITTED) if k.startswith("root_cause:"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+ROOT_CAUSES = FittedRootCauses()
 
 
 def logistic(name: str, x: float) -> float:
     """The fitted map ``name`` at raw score ``x`` (NaN scores count as no evidence)."""
-    a, b = FITTED[name]
+    return _logistic(FITTED[name], x)
+
+
+def _logistic(curve: tuple[float, float], x: float) -> float:
+    a, b = curve
     if not math.isfinite(x):
         x = 0.0
     return 1.0 / (1.0 + math.exp(-max(min(a + b * x, 50.0), -50.0)))
@@ -60,7 +85,10 @@ def snapshot_confidence(peer_z: float) -> float:
     return logistic("snapshot_peer", math.log1p(max(peer_z, 0.0)))
 
 
-def root_cause_confidence(kind: str, evidence: float) -> float:
-    """Calibrated confidence of a root cause of ``kind`` rated ``evidence`` (0..1) by its branch."""
-    return logistic(f"root_cause:{kind}", logit(evidence))
+def root_cause_confidence(kind: str, evidence: float,
+                          curves: Mapping[str, tuple[float, float]] = ROOT_CAUSES) -> float:
+    """Calibrated confidence of a root cause of ``kind`` rated ``evidence`` (0..1) by its branch,
+    through the branch's ``curves`` (an outside branch's own; :data:`IDENTITY` for a kind
+    they lack, so an uncalibrated branch's evidence stands as its confidence)."""
+    return _logistic(curves.get(kind, IDENTITY), logit(evidence))
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from hawkeye_dagster.analysis.counterfactual import (Candidate, Counterfactual, ServedRows,
                                                      counterfactuals)
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage.report import iso
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def _candidate(run: TriageRun, cause: dict, model_id: str, features: list[str],
 def _features_below(run: TriageRun, node: str) -> set[str]:
     import networkx as nx
 
-    from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader
+    from hawkeye_dagster.gather.lineage import lineage_from_reader
 
     graph = lineage_from_reader(run.data.reader)
     if node not in graph:

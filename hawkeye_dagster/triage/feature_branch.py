@@ -9,15 +9,11 @@ become the report's root causes, with the pipeline to pause.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from hawkeye_dagster.triage import calibration
+from hawkeye_dagster.triage.branch import Findings, TriageContext, Visit, branch
 from hawkeye_dagster.triage.report import iso
-
-if TYPE_CHECKING:
-    from hawkeye_dagster.triage.tree import TriageRun
 
 #: at most this many ranked features are traced upstream
 MAX_FEATURES = 5
@@ -28,7 +24,8 @@ MAX_CAUSES = 3
 SHIFT_P = 1e-6
 
 
-def from_model(run: TriageRun, model_id: str, onset: pd.Timestamp, end: pd.Timestamp) -> str:
+@branch("model_to_features", "features", calibration=calibration.ROOT_CAUSES)
+def from_model(context: TriageContext, visit: Visit, found: Findings) -> None:
     """Features of a degraded model that explain its degradation, then their upstream cause.
 
     The ranking's ``significant`` features need the prediction distribution
@@ -37,12 +34,13 @@ def from_model(run: TriageRun, model_id: str, onset: pd.Timestamp, end: pd.Times
     scores. Then the features that shifted significantly (``p_value <
     SHIFT_P``) stand in, by score.
     """
-    from hawkeye_dagster.analysis.feature_ranking import rank_features
+    from hawkeye_dagster.gather.feature_ranking import rank_features
 
-    run.progress(f"features: ranking the inputs of {model_id}")
-    ranking = rank_features(run.data.reader, model_id, onset=onset, end=end,
-                            window=run.data.span)
-    run.evidence.features = ranking
+    model_id, onset, end = visit["model_id"], visit["onset"], visit["end"]
+    context.progress(f"features: ranking the inputs of {model_id}")
+    ranking = rank_features(context.data.reader, model_id, onset=onset, end=end,
+                            window=context.data.span)
+    found.note(features=ranking)
     chosen = ranking[ranking["significant"]]
     how = "moved with its predictions"
     if chosen.empty:
@@ -50,76 +48,80 @@ def from_model(run: TriageRun, model_id: str, onset: pd.Timestamp, end: pd.Times
         how = "shifted while its predictions degraded"
     chosen = chosen.head(MAX_FEATURES)
     if chosen.empty:
-        run.report.step("model_to_features",
-                        f"no input feature of {model_id} explains its degradation "
-                        f"({ranking.attrs.get('summary', '')})",
-                        features=ranking.head(10).to_dict("records"))
-        return "inconclusive"
-    run.report.suspect("features", chosen["feature"])
+        found.step("model_to_features",
+                   f"no input feature of {model_id} explains its degradation "
+                   f"({ranking.attrs.get('summary', '')})",
+                   features=ranking.head(10).to_dict("records"))
+        found.conclude("inconclusive")
+        return
+    found.suspect("features", chosen["feature"])
     top = chosen.iloc[0]
-    run.report.step("model_to_features",
-                    f"{len(chosen)} features of {model_id} {how}; first {top['feature']!r}: "
-                    f"{top['reasons']}", features=chosen.to_dict("records"))
-    onsets = {row.feature: (row.onset if pd.notna(row.onset) else onset)
-              for row in chosen.itertuples()}
-    return upstream(run, onsets)
+    found.step("model_to_features",
+               f"{len(chosen)} features of {model_id} {how}; first {top['feature']!r}: "
+               f"{top['reasons']}", features=chosen.to_dict("records"))
+    found.follow("upstream", onsets={row.feature: (row.onset if pd.notna(row.onset) else onset)
+                                     for row in chosen.itertuples()})
 
 
-def from_feature_alert(run: TriageRun, features: list[str],
-                       onsets: dict[str, pd.Timestamp] | None = None) -> str:
-    """Entry from a feature health alert: trace the alerted features upstream from when it fired.
+@branch("feature_alert", "feature_alert", calibration=calibration.ROOT_CAUSES)
+def from_feature_alert(context: TriageContext, visit: Visit, found: Findings) -> None:
+    """Entry from a feature health alert: trace the alerted ``features`` upstream from when it
+    fired.
 
     ``onsets`` (feature -> alert time) default to each feature's first alert
     in the window in ``feature_alerts``, else the window's end.
     """
-    alerts = run.data.table("feature_alerts", time_range=run.data.window)
+    features, given = visit["features"], visit.get("onsets") or {}
+    window = context.data.window
+    alerts = context.data.table("feature_alerts", time_range=window)
     alerts = alerts[alerts["feature_name"].isin(features)]
     fired = alerts.groupby("feature_name")["ts"].min()
-    onsets = {f: pd.Timestamp((onsets or {}).get(f) or fired.get(f, run.data.window.end))
-              for f in features}
-    run.evidence.onset = run.evidence.onset or min(onsets.values())
-    run.report.suspect("features", features)
-    run.report.step("feature_alert", "alerts on " + ", ".join(
+    onsets = {f: pd.Timestamp(given.get(f) or fired.get(f, window.end)) for f in features}
+    found.note(onset=context.evidence.onset or min(onsets.values()))
+    found.suspect("features", features)
+    found.step("feature_alert", "alerts on " + ", ".join(
         f"{f!r} at {iso(t)}" for f, t in onsets.items()), alerts=alerts.to_dict("records"))
-    return upstream(run, onsets)
+    found.follow("upstream", onsets=onsets)
 
 
-def upstream(run: TriageRun, bad_features: dict[str, pd.Timestamp]) -> str:
-    """Walk the lineage graph above the bad features and name the root causes."""
-    from hawkeye_dagster.analysis.lineage_graph import lineage_from_reader
-    from hawkeye_dagster.analysis.upstream_rca import upstream_from_reader
+@branch("features_to_upstream", "upstream", calibration=calibration.ROOT_CAUSES)
+def upstream(context: TriageContext, visit: Visit, found: Findings) -> None:
+    """Walk the lineage graph above the bad features (``onsets``: feature -> onset) and name
+    the root causes."""
+    from hawkeye_dagster.gather.lineage import lineage_from_reader
+    from hawkeye_dagster.gather.upstream import upstream_from_reader
 
-    run.progress(f"lineage: walking upstream of {len(bad_features)} features")
-    graph = lineage_from_reader(run.data.reader)
-    analysis = upstream_from_reader(run.data.reader, graph, bad_features)
+    bad_features, reader = visit["onsets"], context.data.reader
+    context.progress(f"lineage: walking upstream of {len(bad_features)} features")
+    graph = lineage_from_reader(reader)
+    analysis = upstream_from_reader(reader, graph, bad_features)
     candidates = analysis.candidates
-    run.report.step("features_to_upstream", analysis.finding(),
-                    candidates=candidates.head(MAX_CAUSES).to_dict("records"),
-                    paths=analysis.paths)
-    run.report.suspect("lineage_nodes", candidates.loc[candidates["kind"] != "feature", "node_id"])
+    found.step("features_to_upstream", analysis.finding(),
+               candidates=candidates.head(MAX_CAUSES).to_dict("records"), paths=analysis.paths)
+    found.suspect("lineage_nodes", candidates.loc[candidates["kind"] != "feature", "node_id"])
     top = candidates.iloc[0] if len(candidates) else None
     if top is None or (top["kind"] == "feature" and not bool(top["moved"])):
-        run.report.step("verdict", "nothing above the features moved, nor their own data: "
-                                   "the alert is not an incident")
-        return "no_issue"
+        found.step("verdict", "nothing above the features moved, nor their own data: the alert "
+                              "is not an incident")
+        found.conclude("no_issue")
+        return
     for row in candidates.head(MAX_CAUSES).itertuples():
-        version = row.version if row.kind == "lineage_change" else None
-        run.report.root_cause(row.kind, row.id,
-                              calibration.root_cause_confidence(row.kind, row.confidence),
-                              row.summary, version=version)
-    run.evidence.lineage_path = next(iter(analysis.paths.get(top["id"], {}).values()), [])
+        found.root_cause(row.kind, row.id, evidence=row.confidence, summary=row.summary,
+                         version=row.version if row.kind == "lineage_change" else None)
+    found.note(lineage_path=next(iter(analysis.paths.get(top["id"], {}).values()), []))
     if pd.notna(top["onset"]):  # an upstream move can precede the alerts and the top line
-        run.evidence.onset = min(run.evidence.onset or top["onset"], top["onset"])
+        onset = context.evidence.onset
+        found.note(onset=min(onset or top["onset"], top["onset"]))
     if top["kind"] == "feature":
-        for model_id in _consumers(run.data, top["id"]):
-            run.report.mitigate({"action": "add_guard", "model_id": model_id, "node": top["id"],
-                                 "guard": "clip"})
+        for model_id in _consumers(context.data, top["id"]):
+            found.mitigate({"action": "add_guard", "model_id": model_id, "node": top["id"],
+                            "guard": "clip"})
     else:
         pipeline = graph.nodes[top["node_id"]].get("pipeline_id")
         if pipeline:
-            run.report.mitigate({"action": "pause_pipeline", "pipeline_id": pipeline})
-        run.report.suspect("models", _exposed_models(run.data, graph, top["node_id"]))
-    return "root_cause_found"
+            found.mitigate({"action": "pause_pipeline", "pipeline_id": pipeline})
+        found.suspect("models", _exposed_models(context.data, graph, top["node_id"]))
+    found.conclude("root_cause_found")
 
 
 def _exposed_models(data, graph, node: str) -> list[str]:
@@ -136,3 +138,6 @@ def _exposed_models(data, graph, node: str) -> list[str]:
 def _consumers(data, feature: str) -> list[str]:
     rows = data.table("model_features", equals={"feature_name": feature})
     return sorted(rows["model_id"].unique())
+
+
+BRANCHES = (from_model, from_feature_alert, upstream)

@@ -22,13 +22,13 @@ import pandas as pd
 from hawkeye_dagster.analysis.rollout import RolloutFinding
 from hawkeye_dagster.analysis.snapshot_report import RECENT_INPUTS
 from hawkeye_dagster.contract import higher_is_better
-from hawkeye_dagster.lake.reader import TimeRange
+from hawkeye_dagster.time_range import TimeRange
 from hawkeye_dagster.triage import calibration
+from hawkeye_dagster.triage.branch import Findings, TriageContext, Visit, branch
 
 if TYPE_CHECKING:
     from hawkeye_dagster.analysis.snapshot_report import SnapshotReport
     from hawkeye_dagster.analysis.training_diagnosis import TrainingLineage
-    from hawkeye_dagster.triage.tree import TriageRun
 
 #: serving rows the activations are captured on
 ACTIVATION_ROWS = 2000
@@ -85,18 +85,20 @@ class SnapshotDiagnosis:
         return self.report.findings + served
 
 
-def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> SnapshotDiagnosis:
+def diagnose_snapshot(context: TriageContext, model_id: str,
+                      snapshot_id: str) -> SnapshotDiagnosis:
     """Run every snapshot analysis on one snapshot (those whose inputs are missing are skipped)."""
-    from hawkeye_dagster.analysis.snapshot_report import (
-        activation_check, activation_summary, build_report, training_check, weight_change)
+    from hawkeye_dagster.analysis.snapshot_report import activation_summary, build_report
+    from hawkeye_dagster.gather.snapshot_checks import (activation_check, training_check,
+                                                        weight_change)
     from hawkeye_dagster.analysis.stable_snapshots import latest_stable, stable_snapshots
     from hawkeye_dagster.analysis.training_diagnosis import training_lineage
 
-    data, reader = run.data, run.data.reader
+    data, reader = context.data, context.data.reader
     snapshots = data.snapshots[data.snapshots["model_id"] == model_id]
     published_at = snapshots.loc[snapshots["snapshot_id"] == snapshot_id, "published_at"].iloc[0]
     task = data.task(model_id)
-    run.progress(f"snapshot {snapshot_id}: stable history, weights, activations, training")
+    context.progress(f"snapshot {snapshot_id}: stable history, weights, activations, training")
 
     samples = data.quality_samples(model_id).assign(model_id=model_id)
     history = stable_snapshots(snapshots, data.experiments(model_id), samples, {model_id: task},
@@ -108,7 +110,7 @@ def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> Snapsh
 
     skipped, activations = [], None
     features = data.model_features(model_id)
-    inputs = _served_inputs(run, model_id, features, published_at)
+    inputs = _served_inputs(context, model_id, features, published_at)
     if len(inputs):
         activations = activation_summary(activation_check(
             reader, artifact[snapshot_id], inputs, features, model_id=model_id,
@@ -130,14 +132,14 @@ def diagnose_snapshot(run: TriageRun, model_id: str, snapshot_id: str) -> Snapsh
                              lineage, partitions)
 
 
-def _served_inputs(run: TriageRun, model_id: str, features: list[str],
+def _served_inputs(context: TriageContext, model_id: str, features: list[str],
                    at: pd.Timestamp) -> pd.DataFrame:
     """Up to :data:`ACTIVATION_ROWS` of the model's served rows (features and label) of the day
     before ``at`` (its publication: normal inputs, not those of an incident that came later),
     else of the window's last day."""
-    end = run.data.window.end
+    end = context.data.window.end
     for span in (TimeRange(at - RECENT_INPUTS, at), TimeRange(end - RECENT_INPUTS, end)):
-        rows = run.data.serving_inputs(model_id, span)
+        rows = context.data.serving_inputs(model_id, span)
         if len(rows):
             break
     return rows.sort_values("ts", kind="stable").tail(ACTIVATION_ROWS)[[*features, "label"]]
@@ -145,8 +147,10 @@ def _served_inputs(run: TriageRun, model_id: str, features: list[str],
 
 # --- the branch -----------------------------------------------------------------------------
 
-def suspect_snapshot(run: TriageRun, model_id: str, rollout: RolloutFinding) -> str:
-    """A snapshot that carries a model's degradation: find out why and name the root cause.
+@branch("snapshot_diagnosis", "snapshots", calibration=calibration.ROOT_CAUSES)
+def suspect_snapshot(context: TriageContext, visit: Visit, found: Findings) -> None:
+    """A snapshot that carries a model's degradation (the ``rollout``'s first suspect): find out
+    why and name the root cause.
 
     A ``bad`` snapshot is the cause. Otherwise its flagged training
     partitions and, for an established arm that ramped up, the traffic change
@@ -155,99 +159,92 @@ def suspect_snapshot(run: TriageRun, model_id: str, rollout: RolloutFinding) -> 
     branch finds: a data problem that began as the snapshot arrived looks
     the same from the rollout alone.
     """
+    model_id, rollout = visit["model_id"], visit["rollout"]
     snapshot_id = rollout.suspects[0]
-    diagnosis = diagnose_snapshot(run, model_id, snapshot_id)
-    _record_diagnosis(run, diagnosis)
+    diagnosis = diagnose_snapshot(context, model_id, snapshot_id)
+    _record_diagnosis(found, diagnosis)
     rollback = diagnosis.reference or rollout.previous_snapshot
+    found.conclude("root_cause_found")
     if diagnosis.report.verdict == "bad":
-        return _blame_snapshot(run, diagnosis, rollback, evidence=HARD_DEFECT_EVIDENCE)
+        _blame_snapshot(found, diagnosis, rollback, evidence=HARD_DEFECT_EVIDENCE)
+        return
     lead = rollout.snapshots.set_index("snapshot_id").loc[snapshot_id]
     if len(diagnosis.bad_partitions) or rollout.traffic_experiment:
         if len(diagnosis.bad_partitions):
-            _blame_partition(run, diagnosis)
+            _blame_partition(found, diagnosis)
         if rollout.traffic_experiment:
-            _blame_traffic(run, model_id, rollout, lead)
-        _rollback(run, model_id, rollback)
-        return "root_cause_found"
+            _blame_traffic(context, found, model_id, rollout, lead)
+        _rollback(found, model_id, rollback)
+        return
     evidence = SOFT_EVIDENCE.get(diagnosis.report.verdict, SOFT_EVIDENCE["healthy"])
-    _blame_snapshot(run, diagnosis, rollback,
+    _blame_snapshot(found, diagnosis, rollback,
                     evidence=evidence * _saturate(lead["peer_z"], 2.0, missing=1.0))
-    from hawkeye_dagster.triage.feature_branch import from_model
-
-    from_model(run, model_id, run.evidence.onset, run.evidence.end)
-    return "root_cause_found"
+    found.follow("features", model_id=model_id, onset=context.evidence.onset,
+                 end=context.evidence.end)
 
 
-def from_snapshot(run: TriageRun, snapshot_id: str) -> str:
-    """Entry from a snapshot publication: diagnose it, whatever its traffic."""
-    snapshots = run.data.snapshots
+@branch("snapshot_publication", "snapshot", calibration=calibration.ROOT_CAUSES)
+def from_snapshot(context: TriageContext, visit: Visit, found: Findings) -> None:
+    """Entry from a snapshot publication (``snapshot_id``): diagnose it, whatever its
+    traffic."""
+    snapshot_id = visit["snapshot_id"]
+    snapshots = context.data.snapshots
     model_id = snapshots.loc[snapshots["snapshot_id"] == snapshot_id, "model_id"].iloc[0]
-    run.report.suspect("models", [model_id])
-    diagnosis = diagnose_snapshot(run, model_id, snapshot_id)
-    _record_diagnosis(run, diagnosis)
+    found.suspect("models", [model_id])
+    diagnosis = diagnose_snapshot(context, model_id, snapshot_id)
+    _record_diagnosis(found, diagnosis)
     # flagged training partitions alone do not show the snapshot degraded (each is one finding)
-    run.degraded = diagnosis.served_worse or diagnosis.report.verdict == "bad" or \
-        len(diagnosis.report.findings) > len(diagnosis.bad_partitions)
+    found.degraded = bool(diagnosis.served_worse or diagnosis.report.verdict == "bad" or
+                          len(diagnosis.report.findings) > len(diagnosis.bad_partitions))
+    found.conclude("root_cause_found")
     if diagnosis.report.verdict == "bad":
-        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=HARD_DEFECT_EVIDENCE)
-    if len(diagnosis.bad_partitions):
-        _blame_partition(run, diagnosis)
-        _rollback(run, model_id, diagnosis.reference)
-        return "root_cause_found"
-    if diagnosis.served_worse:
-        return _blame_snapshot(run, diagnosis, diagnosis.reference, evidence=SERVED_WORSE_EVIDENCE)
-    return "no_issue"
+        _blame_snapshot(found, diagnosis, diagnosis.reference, evidence=HARD_DEFECT_EVIDENCE)
+    elif len(diagnosis.bad_partitions):
+        _blame_partition(found, diagnosis)
+        _rollback(found, model_id, diagnosis.reference)
+    elif diagnosis.served_worse:
+        _blame_snapshot(found, diagnosis, diagnosis.reference, evidence=SERVED_WORSE_EVIDENCE)
+    else:
+        found.conclude("no_issue")
 
 
-def from_new_snapshots(run: TriageRun, new: pd.DataFrame) -> str:
-    """``auto`` with only new snapshots: diagnose them newest first until one is bad."""
-    for row in new.sort_values("published_at", ascending=False).itertuples():
-        verdict = from_snapshot(run, row.snapshot_id)
-        if verdict != "no_issue":
-            return verdict
-    return "no_issue"
-
-
-def _record_diagnosis(run: TriageRun, diagnosis: SnapshotDiagnosis) -> None:
+def _record_diagnosis(found: Findings, diagnosis: SnapshotDiagnosis) -> None:
     findings = diagnosis.findings()
     text = ("; ".join(findings) if findings
             else f"no defect found in snapshot {diagnosis.snapshot_id}")
-    run.report.step("snapshot_diagnosis", text, snapshot=diagnosis.report.to_json(),
-                    reference=diagnosis.reference, served=diagnosis.served.to_dict())
+    found.step("snapshot_diagnosis", text, snapshot=diagnosis.report.to_json(),
+               reference=diagnosis.reference, served=diagnosis.served.to_dict())
 
 
-def _blame_snapshot(run: TriageRun, diagnosis: SnapshotDiagnosis, rollback: str | None, *,
-                    evidence: float) -> str:
+def _blame_snapshot(found: Findings, diagnosis: SnapshotDiagnosis, rollback: str | None, *,
+                    evidence: float) -> None:
     findings = diagnosis.findings()
     summary = (f"snapshot {diagnosis.snapshot_id} of {diagnosis.model_id} is bad: "
                + ("; ".join(findings) if findings else "its predictions are worse than its "
                   "peers' on the same hours, with no defect found in its numerics or training"))
-    run.report.suspect("snapshots", [diagnosis.snapshot_id])
-    run.report.root_cause("snapshot", diagnosis.snapshot_id,
-                          calibration.root_cause_confidence("snapshot", evidence), summary)
+    found.suspect("snapshots", [diagnosis.snapshot_id])
+    found.root_cause("snapshot", diagnosis.snapshot_id, evidence=evidence, summary=summary)
     for action in diagnosis.report.mitigations:
         if action["action"] == "add_guard":
-            run.report.mitigate(action)
+            found.mitigate(action)
             if action["guard"] == "clip":
-                run.report.suspect("features", [action["node"]])
-    _rollback(run, diagnosis.model_id, rollback)
-    return "root_cause_found"
+                found.suspect("features", [action["node"]])
+    _rollback(found, diagnosis.model_id, rollback)
 
 
-def _blame_partition(run: TriageRun, diagnosis: SnapshotDiagnosis) -> None:
+def _blame_partition(found: Findings, diagnosis: SnapshotDiagnosis) -> None:
     bad = diagnosis.bad_partitions
-    run.report.suspect("snapshots", [diagnosis.snapshot_id])
-    run.report.suspect("training_partitions", bad["partition"])
+    found.suspect("snapshots", [diagnosis.snapshot_id])
+    found.suspect("training_partitions", bad["partition"])
     for row in bad.itertuples():
-        run.report.root_cause(
-            "training_partition", row.partition,
-            calibration.root_cause_confidence("training_partition", _saturate(row.score, 10.0)),
-            f"training partition {row.partition} of snapshot {diagnosis.snapshot_id}'s run "
-            f"{diagnosis.lineage.training_run_id}: {row.reason}")
+        found.root_cause(
+            "training_partition", row.partition, evidence=_saturate(row.score, 10.0),
+            summary=f"training partition {row.partition} of snapshot {diagnosis.snapshot_id}'s "
+                    f"run {diagnosis.lineage.training_run_id}: {row.reason}")
 
 
-def _blame_traffic(run: TriageRun, model_id: str, rollout: RolloutFinding,
-                   lead: pd.Series) -> None:
+def _blame_traffic(context: TriageContext, found: Findings, model_id: str,
+                   rollout: RolloutFinding, lead: pd.Series) -> None:
     """The arm's traffic grew while it was worse than its peers, before and during the incident
     (their peer z's combined by Stouffer's method), times its growth against
     :data:`RAMP_GROWTH` (a prior)."""
@@ -256,23 +253,22 @@ def _blame_traffic(run: TriageRun, model_id: str, rollout: RolloutFinding,
     z = np.array([lead["peer_z_before"], lead["peer_z"]], dtype=float)
     z = z[np.isfinite(z)]
     worse = z.sum() / np.sqrt(len(z)) if len(z) else np.nan
-    run.report.suspect("experiments", [experiment])
-    run.report.root_cause(
-        "traffic", experiment,
-        calibration.root_cause_confidence(
-            "traffic", _saturate(worse, 2.0) * min(1.0, growth / RAMP_GROWTH)),
-        f"experiment {experiment} (snapshot {lead.name}) grew from {lead['share_before']:.0%} "
-        f"to {lead['share_during']:.0%} of {model_id}'s traffic while its loss was worse than "
-        f"its peers' (peer z {worse:.1f}); the snapshot shows no severe defect")
-    series = run.evidence.series
+    found.suspect("experiments", [experiment])
+    found.root_cause(
+        "traffic", experiment, evidence=_saturate(worse, 2.0) * min(1.0, growth / RAMP_GROWTH),
+        summary=f"experiment {experiment} (snapshot {lead.name}) grew from "
+                f"{lead['share_before']:.0%} to {lead['share_during']:.0%} of {model_id}'s "
+                f"traffic while its loss was worse than its peers' (peer z {worse:.1f}); the "
+                "snapshot shows no severe defect")
+    series = context.evidence.series
     moved = "degraded" if series is None else "fell" if higher_is_better(series[2]) else "rose"
-    run.report.step("traffic", f"the top line {moved} as experiment {experiment} ramped up",
-                    traffic_changes=rollout.traffic_changes.to_dict("records"))
+    found.step("traffic", f"the top line {moved} as experiment {experiment} ramped up",
+               traffic_changes=rollout.traffic_changes.to_dict("records"))
 
 
-def _rollback(run: TriageRun, model_id: str, to: str | None) -> None:
+def _rollback(found: Findings, model_id: str, to: str | None) -> None:
     if to:
-        run.report.mitigate({"action": "rollback_snapshot", "model_id": model_id,
+        found.mitigate({"action": "rollback_snapshot", "model_id": model_id,
                              "to_snapshot_id": to})
 
 
@@ -281,3 +277,6 @@ def _saturate(x: float, scale: float, missing: float = 0.0) -> float:
     if not np.isfinite(x):
         return missing
     return float(x / (x + scale)) if x > 0 else 0.0
+
+
+BRANCHES = (suspect_snapshot, from_snapshot)
