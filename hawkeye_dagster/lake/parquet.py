@@ -35,7 +35,7 @@ from hawkeye_dagster.lake.conform import (
     unified_schema,
 )
 from hawkeye_dagster.lake.location import filesystem_for, is_absolute, is_url, open_input
-from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, table_spec
+from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, known_tables, table_spec
 from hawkeye_dagster.time_range import TimeRange
 
 #: the partition key holding the UTC date of the time column (``serving_samples``)
@@ -71,7 +71,7 @@ class ParquetLake(TelemetryReader):
     def stored_tables(self) -> set[str]:
         infos = self._fs.get_file_info(pafs.FileSelector(self._root))
         return {i.base_name for i in infos
-                if i.type == pafs.FileType.Directory and i.base_name in TABLES}
+                if i.type == pafs.FileType.Directory and i.base_name in known_tables()}
 
     def _display(self, path: str) -> str:
         return self.location + path[len(self._root):]

@@ -28,11 +28,34 @@ from hawkeye_dagster.lake.lineage_union import LINEAGE_TABLES, merge_lineage
 from hawkeye_dagster.time_range import TimeRange
 
 
+#: tables beyond the contract that an extension declared (:func:`register_table`)
+EXTENSION_TABLES: dict[str, TableSpec] = {}
+
+
+def register_table(spec: TableSpec) -> TableSpec:
+    """Declare a table beyond the contract, so readers read it as they read contract tables
+    (types cast, filters pushed down, rows in canonical order); a lake without it reads it as
+    empty only if ``spec.optional``. An extension calls this when it is imported."""
+    if spec.name in TABLES:
+        raise ValueError(f"table {spec.name!r} is the contract's; an extension cannot redefine it")
+    known = EXTENSION_TABLES.setdefault(spec.name, spec)
+    if known != spec:
+        raise ValueError(f"table {spec.name!r} is already declared differently by an extension")
+    return spec
+
+
+def known_tables() -> set[str]:
+    """The contract's tables and the extensions' declared ones."""
+    return set(TABLES) | set(EXTENSION_TABLES)
+
+
 def table_spec(table: str) -> TableSpec:
-    """The contract's description of ``table`` (a name outside the contract is a ContractError)."""
-    if table not in TABLES:
+    """The description of ``table``, the contract's or an extension's (another name is a
+    ContractError)."""
+    spec = TABLES.get(table) or EXTENSION_TABLES.get(table)
+    if spec is None:
         raise ContractError("not a table of the contract", table=table)
-    return TABLES[table]
+    return spec
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from hawkeye_dagster.contract import TABLES, Kind, TableSpec
 from hawkeye_dagster.errors import ContractError
 from hawkeye_dagster.lake.conform import TIMESTAMP, conform, contract_schema, ordered_names
 from hawkeye_dagster.lake.location import is_absolute, open_input
-from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, table_spec
+from hawkeye_dagster.lake.reader import TablePart, TelemetryReader, known_tables, table_spec
 from hawkeye_dagster.settings import redact_url
 from hawkeye_dagster.time_range import TimeRange
 
@@ -169,7 +169,7 @@ class SqlLake(TelemetryReader):
     # -- catalog -------------------------------------------------------------
 
     def stored_tables(self) -> set[str]:
-        return set(sa.inspect(self.engine).get_table_names(schema=self._schema)) & set(TABLES)
+        return set(sa.inspect(self.engine).get_table_names(schema=self._schema)) & known_tables()
 
     def table(self, spec: TableSpec) -> sa.Table | None:
         """The contract table ``spec`` as reflected from the database (``None`` for an absent

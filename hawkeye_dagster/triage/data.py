@@ -12,8 +12,7 @@ from functools import cached_property
 import pandas as pd
 
 from hawkeye_dagster.analysis.model_isolation import QUALITY_COLUMNS
-from hawkeye_dagster.contract import TABLES
-from hawkeye_dagster.lake.reader import TelemetryReader
+from hawkeye_dagster.lake.reader import TelemetryReader, table_spec
 from hawkeye_dagster.time_range import TimeRange
 
 #: history before the window that anomalies are judged against
@@ -34,7 +33,7 @@ class TriageData:
     def _read(self, table: str, **filters) -> pd.DataFrame:
         """Rows of ``table`` with its contract columns only (and feature columns where the
         table has them): columns a writer added beyond the contract never reach a report."""
-        spec = TABLES[table]
+        spec = table_spec(table)
         if "columns" not in filters and not spec.feature_columns:
             filters["columns"] = list(spec.column_names)
         key = (table, repr(sorted(filters.items())))
@@ -77,5 +76,6 @@ class TriageData:
         return self._read("serving_samples", time_range=time_range, equals={"model_id": model_id})
 
     def table(self, table: str, **filters) -> pd.DataFrame:
-        """Any other table (the reader reads an absent optional table as empty)."""
+        """Any other table, an extension's declared one included (the reader reads an absent
+        optional table as empty)."""
         return self._read(table, **filters)
