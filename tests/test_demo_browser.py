@@ -42,6 +42,9 @@ RUN = """query($id: ID!) { runOrError(runId: $id) { __typename } }"""
 #: the first element whose own text is exactly the argument (a metadata row's action)
 BY_TEXT = ("(text => [...document.querySelectorAll('*')].find(e => e.children.length === 0 "
            "&& e.textContent.trim() === text))")
+#: every such element
+ALL_BY_TEXT = ("(text => [...document.querySelectorAll('*')].filter(e => e.children.length === "
+               "0 && e.textContent.trim() === text))")
 DIALOG = "document.querySelector('[role=dialog]')"
 #: the incident report's picture of its cause: the lineage path or the blamed snapshot's graph
 CAUSE = 'img[alt="Lineage path"], img[alt^="Model graph of "]'
@@ -159,10 +162,14 @@ def test_the_demo_shows_the_asset_graph_and_both_reports_with_pictures_and_links
                                              tmp_path / "chromium.log")
         graphql("mutation { setNuxSeen }")   # Dagster's first-visit newsletter dialog: seen
         browser.open(f"{ui}/asset-groups")
+        # every group named, the graph drawn (telemetry's box beside its sidebar entry), and no
+        # box still saying "N assets (fetching statuses)" instead of its materialized counts
         browser.wait_for("!!document.body && " + " && ".join(
-            f"document.body.innerText.includes({g!r})" for g in GROUPS),
-            what="every group in the asset graph")
-        time.sleep(2)                                        # the graph's layout settles
+            f"document.body.innerText.includes({g!r})" for g in GROUPS)
+            + f" && {ALL_BY_TEXT}('telemetry').length >= 2"
+            # (textContent: innerText leaves out the graph's boxes, drawn inside an SVG)
+            + " && !document.body.textContent.includes('(fetching statuses)')",
+            timeout=180, what="every group in the asset graph, with its statuses")
         _save(browser.screenshot(tmp_path / "graph.png"), shots, "asset-graph.png")
 
         url = f"{ui}/assets/incident_report?view=partitions&partition={incident['partition']}"
