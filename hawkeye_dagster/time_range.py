@@ -14,8 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: the lake's timestamp type (:data:`hawkeye_dagster.lake.conform.TIMESTAMP`): bounds compare to it
-_BOUND_TYPE = pa.timestamp("ns", tz="UTC")
+#: the one timestamp type frames carry (the lake casts every stored unit and zone to it), and
+#: the type of a range's bounds
+TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,10 @@ class TimeRange:
         """The Arrow filter ``start <= column < end`` (``None`` when unbounded both ways)."""
         bounds = []
         if self.start is not None:
-            start = pa.scalar(self.start.as_unit("ns").value, _BOUND_TYPE)
+            start = pa.scalar(self.start.as_unit("ns").value, TIMESTAMP)
             bounds.append(pc.field(column) >= start)
         if self.end is not None:
-            end = pa.scalar(self.end.as_unit("ns").value, _BOUND_TYPE)
+            end = pa.scalar(self.end.as_unit("ns").value, TIMESTAMP)
             bounds.append(pc.field(column) < end)
         return functools.reduce(operator.and_, bounds) if bounds else None
 

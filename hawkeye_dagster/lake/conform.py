@@ -17,9 +17,7 @@ import pyarrow as pa
 
 from hawkeye_dagster.contract import Kind, TableSpec
 from hawkeye_dagster.errors import ContractError
-
-#: the one timestamp type frames carry
-TIMESTAMP = pa.timestamp("ns", tz="UTC")
+from hawkeye_dagster.time_range import TIMESTAMP
 
 ARROW_TYPES: dict[Kind, pa.DataType] = {
     Kind.TIMESTAMP: TIMESTAMP,
