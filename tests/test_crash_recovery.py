@@ -349,6 +349,11 @@ def test_the_daemon_keeps_ticking_and_launching_while_the_webserver_restarts(tmp
     world = World(tmp_path)
     with _sqlite_home(tmp_path) as (home, _):
         dev = Dev(world, home)
+        # the storages are created here, once: a daemon and a webserver starting together on a
+        # new SQLite home both stamp its schedule database's alembic version, and the next
+        # process to open it finds two heads and exits (seen under load)
+        with dev.instance():
+            pass
         code = ["-m", "hawkeye_dagster.definitions"]
         daemon = dagster_process.start([sys.executable, "-m", "dagster._daemon", "run", *code],
                                        env=dev.env, cwd=REPO, log=tmp_path / "daemon.log")
