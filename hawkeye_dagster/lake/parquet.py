@@ -70,8 +70,9 @@ class ParquetLake(TelemetryReader):
 
     def stored_tables(self) -> set[str]:
         infos = self._fs.get_file_info(pafs.FileSelector(self._root))
+        known = known_tables()
         return {i.base_name for i in infos
-                if i.type == pafs.FileType.Directory and i.base_name in known_tables()}
+                if i.type == pafs.FileType.Directory and i.base_name in known}
 
     def _display(self, path: str) -> str:
         return self.location + path[len(self._root):]

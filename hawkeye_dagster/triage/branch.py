@@ -41,17 +41,21 @@ verdict then rests on the calibrated confidences of the root causes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from hawkeye_dagster.triage.report import ReportBuilder, report_schema
 
 if TYPE_CHECKING:
     from hawkeye_dagster.triage.data import TriageData
     from hawkeye_dagster.triage.evidence import Evidence
 
-#: the contract's root-cause kinds (``report.schema.json``); a candidate of another kind is refused
-ROOT_CAUSE_KINDS = ("lineage_node", "lineage_change", "snapshot", "training_partition",
-                    "feature", "traffic")
+#: the contract's root-cause kinds, as its report schema enumerates them; a candidate of another
+#: kind is refused
+ROOT_CAUSE_KINDS = tuple(report_schema()["properties"]["root_causes"]["items"]["properties"]
+                         ["kind"]["enum"])
 #: verdicts from the weakest to the strongest: a visit's verdict is the strongest it reached
 VERDICT_STRENGTH = ("no_issue", "inconclusive", "root_cause_found")
 
@@ -70,13 +74,24 @@ class Visit:
         return self.params.get(name, default)
 
 
-@dataclass(frozen=True)
 class ReportSoFar:
-    """What earlier visits put in the report (copies: a branch reads, the dispatcher writes)."""
+    """What earlier visits put in the report, copied when a branch reads it (a branch reads,
+    the dispatcher writes); most branches never look, so nothing is copied for them."""
 
-    steps: tuple[dict, ...]
-    suspects: Mapping[str, tuple[str, ...]]
-    root_causes: tuple[dict, ...]
+    def __init__(self, builder: ReportBuilder):
+        self._builder = builder
+
+    @property
+    def steps(self) -> tuple[dict, ...]:
+        return tuple(copy.deepcopy(self._builder.steps))
+
+    @property
+    def suspects(self) -> Mapping[str, tuple[str, ...]]:
+        return {k: tuple(v) for k, v in self._builder.suspects.items()}
+
+    @property
+    def root_causes(self) -> tuple[dict, ...]:
+        return tuple(copy.deepcopy(self._builder.root_causes))
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ class TriageRun:
         return strongest(verdicts)
 
     def _run(self, branch: Branch, visit: Visit) -> Findings | None:
-        context = TriageContext(self.data, copy.copy(self.evidence), self._so_far(),
+        context = TriageContext(self.data, copy.copy(self.evidence), ReportSoFar(self.report),
                                 self.progress)
         if branch in registry.built_in():
             return branch.run(context, visit)  # the project's errors reach the user as they are
@@ -188,9 +188,3 @@ class TriageRun:
             self.degraded = found.degraded
         if found.selected is not None:
             report.entry["selected"] = found.selected
-
-    def _so_far(self) -> ReportSoFar:
-        report = self.report
-        return ReportSoFar(tuple(copy.deepcopy(report.steps)),
-                           {k: tuple(v) for k, v in report.suspects.items()},
-                           tuple(copy.deepcopy(report.root_causes)))
